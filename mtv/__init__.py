@@ -1,0 +1,32 @@
+"""mtv: Multiview Transformers for Video Recognition (and M&M) in Keras 3.
+
+Public API: build_model, from_scenic, to_scenic, load, list_models, export, predict.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_model": "mtv.models.builder",
+    "from_scenic": "mtv.checkpoints.scenic",
+    "to_scenic": "mtv.checkpoints.scenic",
+    "load": "mtv.loading",
+    "list_models": "mtv.zoo",
+    "export": "mtv.hub",
+    "predict": "mtv.predict",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mtv' has no attribute '{name}'")
+
+
+__all__ = sorted(_LAZY)
