@@ -1,0 +1,93 @@
+"""Small building blocks shared by every MTV layer: norms, MLP, stochastic depth, Flax name tables."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+# Flax's LayerNorm epsilon (Keras defaults to 1e-3).
+LN_EPSILON = 1e-6
+
+
+def layer_norm(name: str) -> keras.layers.LayerNormalization:
+    """A LayerNorm with Flax's epsilon, over the last axis."""
+    return keras.layers.LayerNormalization(epsilon=LN_EPSILON, name=name)
+
+
+def flax_norm(layer: keras.layers.LayerNormalization) -> dict:
+    """Flax names of a LayerNorm's weights."""
+    return {"scale": layer.gamma, "bias": layer.beta}
+
+
+def flax_dense(layer: keras.layers.Layer) -> dict:
+    """Flax names of a Dense or Conv layer's weights."""
+    return {"kernel": layer.kernel, "bias": layer.bias}
+
+
+def prefixed(prefix: str, params: dict) -> dict:
+    """Prepends `prefix/` to every key of a flat Flax-name table."""
+    return {f"{prefix}/{k}": v for k, v in params.items()}
+
+
+def gelu_tanh(x):
+    """Flax's default GELU (tanh approximation)."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+@keras.saving.register_keras_serializable(package="mtv")
+class StochasticDepth(keras.layers.Layer):
+    """Drops a residual branch per example in training, as Scenic's StochasticDepth.
+
+    Scenic multiplies by the keep mask without rescaling by 1/(1-rate) (despite its docstring); we
+    match it so training dynamics carry over.
+    """
+
+    def __init__(self, rate: float = 0.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self._seed_gen = keras.random.SeedGenerator(seed) if self.rate > 0 else None
+
+    def call(self, x, training=False):
+        if not training or self.rate <= 0:
+            return x
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        drop = keras.random.uniform(shape, seed=self._seed_gen, dtype=x.dtype) < self.rate
+        return x * ops.cast(ops.logical_not(drop), x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="mtv")
+class MlpBlock(keras.layers.Layer):
+    """Dense -> GELU(tanh) -> dropout -> Dense -> dropout (Scenic's MlpBlock)."""
+
+    def __init__(self, mlp_dim: int, dropout_rate: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mlp_dim = int(mlp_dim)
+        self.dropout_rate = float(dropout_rate)
+        self.dropout = keras.layers.Dropout(self.dropout_rate)
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        self.dense_0 = keras.layers.Dense(self.mlp_dim, name="Dense_0",
+                                          kernel_initializer="glorot_uniform",
+                                          bias_initializer=keras.initializers.RandomNormal(stddev=1e-6))
+        self.dense_1 = keras.layers.Dense(width, name="Dense_1",
+                                          kernel_initializer="glorot_uniform",
+                                          bias_initializer=keras.initializers.RandomNormal(stddev=1e-6))
+        self.dense_0.build(input_shape)
+        self.dense_1.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
+
+    def call(self, x, training=False):
+        y = gelu_tanh(self.dense_0(x))
+        y = self.dropout(y, training=training)
+        y = self.dense_1(y)
+        return self.dropout(y, training=training)
+
+    def flax_params(self) -> dict:
+        return {**prefixed("Dense_0", flax_dense(self.dense_0)), **prefixed("Dense_1", flax_dense(self.dense_1))}
+
+    def get_config(self):
+        return {**super().get_config(), "mlp_dim": self.mlp_dim, "dropout_rate": self.dropout_rate}
