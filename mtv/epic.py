@@ -159,7 +159,8 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
     )
     if len(ann.narration_id) == 0:
         raise DataError(f"'{path}': no segments")
-    for name, values, n in (("verb_class", ann.verb_class, VERB_CLASSES), ("noun_class", ann.noun_class, NOUN_CLASSES)):
+    checks = (("verb_class", ann.verb_class, VERB_CLASSES), ("noun_class", ann.noun_class, NOUN_CLASSES))
+    for name, values, n in checks:
         if values.min() < 0 or values.max() >= n:
             raise DataError(f"'{path}': {name} outside 0..{n - 1} (found {values.min()}..{values.max()})")
     uniq, counts = np.unique(ann.narration_id, return_counts=True)
@@ -241,7 +242,8 @@ class EpicScorer:
             tail_verbs=tail(tail_verb_classes_csv, "verb"),
             tail_nouns=tail(tail_noun_classes_csv, "noun"),
             unseen_participants=(
-                None if unseen_participant_ids_csv is None
+                None
+                if unseen_participant_ids_csv is None
                 else read_column(unseen_participant_ids_csv, "participant_id")
             ),
             tail_sources=(str(tail_verb_classes_csv), str(tail_noun_classes_csv)),
@@ -399,7 +401,9 @@ def make_submission(
                 for n, nid in enumerate(results.ids):
                     entry = f'"verb": {_scores_object(verb_raw[n])}, "noun": {_scores_object(noun_raw[n])}'
                     if include_actions:
-                        actions = {f"{v},{c}": float(p) for v, c, p in zip(verbs[n], nouns[n], probs[n])}
+                        actions = {
+                            f"{v},{c}": float(p) for v, c, p in zip(verbs[n], nouns[n], probs[n], strict=True)
+                        }
                         entry += f', "action": {json.dumps(actions)}'
                     sep = ", " if n else ""
                     f.write(f"{sep}{json.dumps(str(nid))}: {{{entry}}}".encode())

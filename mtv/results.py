@@ -82,7 +82,7 @@ def validate(
     source: str | None = None,
     expected: Mapping[str, int] | None = None,
 ) -> Results:
-    """Checks ids/outputs/score_kind and returns them as a `Results`; raises ResultsError naming the problem."""
+    """Checks ids, outputs and score_kind; returns a `Results` or raises ResultsError naming the problem."""
     where = f"'{source}'" if source else "results"
     if score_kind not in SCORE_KINDS:
         raise ResultsError(f"{where}: score_kind is {score_kind!r}; expected one of {SCORE_KINDS}")
@@ -188,7 +188,7 @@ def save(path: str | os.PathLike, results: Results) -> Path:
 
 
 def write_epic_pickle(path: str | os.PathLike, results: Results) -> Path:
-    """Writes the official C1-Action-Recognition dict layout (verb_output, noun_output, narration_id) as a pickle."""
+    """Pickles the official C1-Action-Recognition dict layout (verb_output, noun_output, narration_id)."""
     path = Path(path)
     results = validate(results.ids, results.outputs, results.score_kind, source=str(path))
     missing = [h for h in ("verb", "noun") if h not in results.outputs]

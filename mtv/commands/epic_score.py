@@ -1,0 +1,51 @@
+"""`mtv epic-score`: the official Epic-Kitchens-100 validation metrics of a results file."""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags
+
+from mtv import epic
+from mtv.errors import ResultsError
+from mtv.results import read_results
+
+HELP = "Score results on Epic-Kitchens-100 validation with the official metric names."
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("annotations", None, "EPIC_100_validation.csv", flag_values=FLAGS)
+flags.mark_flag_as_required("annotations", flag_values=FLAGS)
+flags.DEFINE_string(
+    "tail-verb-classes-csv", None, "EPIC_100_tail_verbs.csv (for tail_* metrics).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "tail-noun-classes-csv", None, "EPIC_100_tail_nouns.csv (for tail_* metrics).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "unseen-participant-ids-csv",
+    None,
+    "EPIC_100_unseen_participant_ids_validation.csv (for unseen_* metrics).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool("json", False, "Print the metrics as one JSON object.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "allow-pickle",
+    False,
+    "Allow reading .pkl results (unpickling runs code from the file).",
+    flag_values=FLAGS,
+)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        raise ResultsError("give exactly one results file: mtv epic-score RESULTS --annotations CSV")
+    results = read_results(argv[1], allow_pickle=FLAGS["allow-pickle"].value)
+    metrics = epic.compute_metrics(
+        results,
+        FLAGS.annotations,
+        tail_verb_classes_csv=FLAGS["tail-verb-classes-csv"].value,
+        tail_noun_classes_csv=FLAGS["tail-noun-classes-csv"].value,
+        unseen_participant_ids_csv=FLAGS["unseen-participant-ids-csv"].value,
+    )
+    print(json.dumps(metrics, indent=2) if FLAGS.json else epic.metrics_table(metrics))
+    return 0
