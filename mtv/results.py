@@ -294,8 +294,10 @@ def read_results(
     with open(path, "rb") as f:
         magic = f.read(4)
     score_kind = "logits"
-    if path.suffix == ".npz" or magic == _ZIP_MAGIC:
+    if magic == _ZIP_MAGIC:
         arrays, score_kind = _read_npz(path, allow_pickle)
+    elif path.suffix == ".npz":
+        raise ResultsError(f"{where} is not a readable .npz archive (it is not a zip file)")
     elif path.suffix in PICKLE_SUFFIXES or magic[:1] == b"\x80":
         if not allow_pickle:
             raise ResultsError(

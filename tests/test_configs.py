@@ -131,8 +131,9 @@ def named_config(request):
 
 
 def test_config_files_are_exactly_the_released_experiments():
-    assert set(configs_io.list_configs()) == set(FILES)
-    assert {p.relative_to(CONFIGS).as_posix() for p in configs_io.list_configs().values()} == set(FILES.values())
+    found = configs_io.list_configs()
+    assert set(found) == set(FILES)
+    assert {p.relative_to(CONFIGS).as_posix() for p in found.values()} == set(FILES.values())
 
 
 @pytest.mark.parametrize("rel", sorted(FILES.values()))

@@ -1,0 +1,28 @@
+"""`mtv export MODEL OUT_DIR`: write a TF SavedModel (and optionally a TF-Hub tarball)."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from mtv.errors import ExportError
+
+HELP = "export a model as a TF SavedModel with named serving signatures"
+FLAGS = flags.FlagValues()
+flags.DEFINE_bool("xla", False, "compile the serving functions with XLA", flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of the export", flag_values=FLAGS)
+flags.DEFINE_string("hub_tarball", None, "also write a TF-Hub .tar.gz here", flag_values=FLAGS)
+flags.DEFINE_string("config", None, "Scenic config, when MODEL is a Scenic checkpoint", flag_values=FLAGS)
+
+
+def main(argv: list[str]) -> int:
+    from mtv.hub import export
+    from mtv.loading import load
+
+    if len(argv) != 3:
+        raise ExportError("usage: mtv export MODEL OUT_DIR [--xla] [--dtype bfloat16] [--hub_tarball F]")
+    model = load(argv[1], config=FLAGS.config)
+    path = export(model, argv[2], xla=FLAGS.xla, dtype=FLAGS.dtype, hub_tarball=FLAGS.hub_tarball)
+    print(f"wrote SavedModel {path} (signatures: serving_default, serving_uint8)")
+    if FLAGS.hub_tarball:
+        print(f"wrote TF-Hub tarball {FLAGS.hub_tarball}")
+    return 0

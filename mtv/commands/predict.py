@@ -1,0 +1,37 @@
+"""`mtv predict VIDEO`: print the top-k labels of a video."""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags
+
+from mtv.errors import DataError
+
+HELP = "label a video file or frames directory with a zoo model (default: the embedded one)"
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "zoo name, preset dir, .keras file or URL (default: the embedded model)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("views", None, "test views CLIPSxCROPS, e.g. 4x3 (default: the model's)", flag_values=FLAGS)
+flags.DEFINE_integer("top", 5, "how many labels to print", flag_values=FLAGS)
+flags.DEFINE_enum("rule", "logits_mean", ["logits_mean", "softmax_mean"],
+                  "how views are averaged (Scenic: logits_mean)", flag_values=FLAGS)
+flags.DEFINE_bool("json", False, "print a machine-readable JSON result", flag_values=FLAGS)
+
+
+def main(argv: list[str]) -> int:
+    from mtv.predict import predict
+
+    if len(argv) != 2:
+        raise DataError("usage: mtv predict VIDEO [--model HANDLE] [--views 4x3] [--top 5] [--json]")
+    result = predict(argv[1], model=FLAGS.model, views=FLAGS.views, top=FLAGS.top, rule=FLAGS.rule)
+    if FLAGS.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"{result['video']}  (model {result['model']}, {result['views']} views, {result['rule']})")
+    for head, rows in result["heads"].items():
+        if len(result["heads"]) > 1:
+            print(f"[{head}]")
+        for row in rows:
+            print(f"{row['label']}: {row['probability']:.4f}")
+    return 0

@@ -1,0 +1,89 @@
+"""Optical flow as 2-channel frames: precomputed TV-L1 u/v JPEGs, or OpenCV Farnebäck.
+
+One representation for both paths. Stored: uint8 with 128 = no motion and `FLOW_BOUND` pixels
+(20, Epic-Kitchens' TV-L1 bound) mapped to the ends: `q = clip(round(128 + 128 * d / FLOW_BOUND), 0, 255)`
+for a displacement of `d` pixels. In memory: float32 `(q - 128) / 128`, in [-1, 1), channel 0 the
+horizontal motion (positive = rightwards) and channel 1 the vertical (positive = downwards).
+Multiply by `FLOW_BOUND` for pixels.
+
+Epic-Kitchens layout: `<dir>/u/frame_0000000001.jpg` and `<dir>/v/frame_0000000001.jpg` (greyscale).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mtv.data.video import list_frame_files, read_image
+from mtv.errors import DataError, ShapeError
+
+FLOW_BOUND = 20.0
+
+
+def quantize(flow_pixels: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
+    """Pixel displacements -> uint8 with 128 = zero motion."""
+    return np.clip(np.round(128.0 + 128.0 * np.asarray(flow_pixels) / bound), 0, 255).astype(np.uint8)
+
+
+def dequantize(flow_uint8: np.ndarray) -> np.ndarray:
+    """uint8 flow (128 = zero) -> float32 (q - 128) / 128."""
+    return (np.asarray(flow_uint8, np.float32) - 128.0) / 128.0
+
+
+def to_pixels(flow: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
+    """Float flow in the [-1, 1) representation -> pixel displacements."""
+    return np.asarray(flow, np.float32) * bound
+
+
+def read_flow_dir(path: str | Path, *, frame_range: tuple[int, int] | None = None,
+                  as_uint8: bool = False) -> np.ndarray:
+    """Reads `u/` and `v/` greyscale JPEG frames: float32 [T, H, W, 2] (or the uint8 form)."""
+    path = Path(path)
+    if not (path / "u").is_dir() or not (path / "v").is_dir():
+        raise DataError(f"flow directory '{path}' needs 'u' and 'v' subdirectories of frames")
+    u_files, v_files = list_frame_files(path / "u"), list_frame_files(path / "v")
+    if [f.name for f in u_files] != [f.name for f in v_files]:
+        raise DataError(f"flow directory '{path}': 'u' has {len(u_files)} frames and 'v' has {len(v_files)}, "
+                        "with different names; expected the same frame names in both")
+    if frame_range is not None:
+        u_files, v_files = u_files[frame_range[0]:frame_range[1]], v_files[frame_range[0]:frame_range[1]]
+    if not u_files:
+        raise DataError(f"flow directory '{path}' has no frames in range {frame_range}")
+    frames = []
+    for u, v in zip(u_files, v_files, strict=True):
+        pair = np.stack([read_image(u, cv2.IMREAD_GRAYSCALE), read_image(v, cv2.IMREAD_GRAYSCALE)], axis=-1)
+        frames.append(pair)
+    if len({f.shape for f in frames}) > 1:
+        raise DataError(f"flow frames in '{path}' have different sizes")
+    flow = np.stack(frames)
+    return flow if as_uint8 else dequantize(flow)
+
+
+def farneback_pixels(frames: np.ndarray) -> np.ndarray:
+    """Farnebäck flow between consecutive RGB frames, in pixels: float32 [T - 1, H, W, 2]."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 2:
+        raise ShapeError(f"flow needs at least 2 RGB frames [T, H, W, 3], got {list(frames.shape)}")
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames.astype(np.uint8)]
+    out = np.empty((len(grey) - 1, *grey[0].shape, 2), np.float32)
+    for t in range(len(grey) - 1):
+        out[t] = cv2.calcOpticalFlowFarneback(grey[t], grey[t + 1], None, pyr_scale=0.5, levels=3,
+                                              winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+    return out
+
+
+def compute_flow(frames: np.ndarray, *, bound: float = FLOW_BOUND, as_uint8: bool = False) -> np.ndarray:
+    """Flow from frame t to t + 1, quantised like TV-L1 JPEGs: float32 [T - 1, H, W, 2] (or uint8)."""
+    q = quantize(farneback_pixels(frames), bound)
+    return q if as_uint8 else dequantize(q)
+
+
+def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes float flow frames to (height, width), scaling the displacements with the image."""
+    t, h, w, _ = flow.shape
+    if (h, w) == (height, width):
+        return flow
+    out = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in flow])
+    return (out * np.array([width / w, height / h], np.float32)).astype(np.float32)
