@@ -71,9 +71,17 @@ def raw_scores(results: Results, head: str) -> np.ndarray:
 
 def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the n highest scores per row, highest first."""
-    n = min(n, scores.shape[1])
-    if n < scores.shape[1]:
-        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    n, classes = min(n, scores.shape[1]), scores.shape[1]
+    if n <= 8 and n < classes:
+        # A few argmax passes beat argpartition for small n, and do not slow down on tied scores.
+        work, rows = scores.copy(), np.arange(len(scores))
+        idx = np.empty((len(scores), n), dtype=np.int64)
+        for r in range(n):
+            idx[:, r] = work.argmax(axis=1)
+            work[rows, idx[:, r]] = -np.inf
+        return idx, np.take_along_axis(scores, idx, axis=1)
+    if n < classes:
+        part = np.argpartition(scores, classes - n, axis=1)[:, classes - n :]
     else:
         part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
     vals = np.take_along_axis(scores, part, axis=1)
@@ -93,8 +101,12 @@ def action_scores(
             f"action scores need verb [N, V] and noun [N, C] scores with the same N, got "
             f"{verb_scores.shape} and {noun_scores.shape}"
         )
-    top_verbs, verb_vals = _top(verb_scores, top_n)
-    top_nouns, noun_vals = _top(noun_scores, top_n)
+    return _actions_from_tops(_top(verb_scores, top_n), _top(noun_scores, top_n), top_n)
+
+
+def _actions_from_tops(verb_top, noun_top, top_n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`action_scores` given the sorted top verbs and nouns (indices, raw scores) of each segment."""
+    (top_verbs, verb_vals), (top_nouns, noun_vals) = verb_top, noun_top
     verb_probs, noun_probs = _softmax(verb_vals), _softmax(noun_vals)
     n_v, n_n = verb_probs.shape[1], noun_probs.shape[1]
     k = min(top_n, n_v * n_n)
@@ -165,7 +177,7 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
             raise DataError(f"'{path}': {name} outside 0..{n - 1} (found {values.min()}..{values.max()})")
     uniq, counts = np.unique(ann.narration_id, return_counts=True)
     if len(uniq) != len(ann.narration_id):
-        raise DataError(f"'{path}': duplicate narration_id(s), e.g. {list(uniq[counts > 1][:_SHOW])}")
+        raise DataError(f"'{path}': duplicate narration_id(s), e.g. {_strs(uniq[counts > 1])}")
     return ann
 
 
@@ -190,12 +202,17 @@ class _Labels:
     subsets: dict[str, np.ndarray]  # metric name -> boolean mask over segments
 
 
+def _strs(ids) -> list[str]:
+    """A few ids as plain str (numpy 2 would print np.str_('...'))."""
+    return [str(i) for i in list(ids)[:_SHOW]]
+
+
 def _missing_extra_message(results: Results, ann: Annotations, missing, extra) -> str:
     parts = []
     if len(missing):
-        parts.append(f"{len(missing)} annotated segment(s) have no scores, e.g. {list(missing[:_SHOW])}")
+        parts.append(f"{len(missing)} annotated segment(s) have no scores, e.g. {_strs(missing)}")
     if len(extra):
-        parts.append(f"{len(extra)} scored id(s) are not in the annotations, e.g. {list(extra[:_SHOW])}")
+        parts.append(f"{len(extra)} scored id(s) are not in the annotations, e.g. {_strs(extra)}")
     return (
         f"{results.describe()} and annotations '{ann.source}' must cover the same narration_ids: "
         + "; ".join(parts)
@@ -294,12 +311,9 @@ class EpicScorer:
         verb_raw, noun_raw = raw_scores(results, "verb"), raw_scores(results, "noun")
         # Only top-1/top-5 are reported, and the top-5 actions always come from the top-5 verbs and nouns,
         # so ranking the top 5 here equals the first 5 of the official top-100 list.
-        verbs, nouns, _ = action_scores(verb_raw, noun_raw, top_n=5)
-        ranked = {
-            "verb": _top(verb_raw, 5)[0],
-            "noun": _top(noun_raw, 5)[0],
-            "action": action_id(verbs, nouns),
-        }
+        verb_top, noun_top = _top(verb_raw, 5), _top(noun_raw, 5)
+        verbs, nouns, _ = _actions_from_tops(verb_top, noun_top, 5)
+        ranked = {"verb": verb_top[0], "noun": noun_top[0], "action": action_id(verbs, nouns)}
         truth = {"verb": labels.verb, "noun": labels.noun, "action": labels.action}
         hits = {task: ranked[task] == truth[task][:, None] for task in ranked}
         out: dict[str, float] = {}

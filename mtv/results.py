@@ -126,7 +126,7 @@ def validate(
         bad_rows = ~np.isfinite(scores).all(axis=1)
         if bad_rows.any():
             n_bad = int((~np.isfinite(scores)).sum())
-            first = ids[np.argmax(bad_rows)]
+            first = str(ids[np.argmax(bad_rows)])
             raise ResultsError(
                 f"{where}: '{name}' has {n_bad} non-finite scores (NaN/inf) in {int(bad_rows.sum())} rows; "
                 f"first at id {first!r}"

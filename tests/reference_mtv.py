@@ -285,7 +285,8 @@ def intermediates(params: Mapping[str, np.ndarray], config: Any, x: np.ndarray) 
             seq = np.concatenate([np.broadcast_to(p["cls_global"], (b, 1, seq.shape[-1])), seq], axis=1)
         enc = _global_encode(seq, p)
         out["global_encoder_out"] = out["pre_logits"] = pooled = _frame_feature(enc, classifier)
-    out["logits"] = _dense(pooled, p, "output_projection")
+    if "output_projection/kernel" in p:  # absent when Scenic's final_endpoint is 'pre_logits'
+        out["logits"] = _dense(pooled, p, "output_projection")
     return out
 
 
@@ -381,7 +382,8 @@ def param_shapes(config: Any, input_shape: tuple[int, ...], num_classes: int) ->
     for layer in range(int(gcfg["num_layers"])):
         block(f"global_encoder/encoderblock_{layer}", width, int(gcfg["num_heads"]), int(gcfg["mlp_dim"]))
     ln("global_encoder/encoder_norm", width)
-    dense("output_projection", width, num_classes)
+    if _get(mcfg, "final_endpoint", "logits") == "logits":
+        dense("output_projection", width, num_classes)
     return shapes
 
 

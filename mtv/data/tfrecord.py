@@ -54,7 +54,8 @@ IMAGE_KEY = "image/encoded"
 FLOW_KEY = "FORWARD_FLOW/image/encoded"
 AUDIO_KEY = "WAVEFORM/feature/floats"
 AUDIO_RATE_KEY = "WAVEFORM/feature/sample_rate"
-MODALITIES = ("rgb", "flow", "spectrogram")
+MODALITIES = ("rgb", "flow", "audio")
+DEFAULT_AUDIO_FRAMES = 800  # 8 s of 10 ms log-mel frames
 
 
 def label_index_key(name: str) -> str:
@@ -309,7 +310,31 @@ class _Spec:
     classes: dict[str, int]
     modalities: tuple[str, ...]
     audio: audio_lib.AudioConfig
-    num_spec_frames: int
+    audio_frames: int
+    flow_frames: int
+
+
+def _section(dataset_configs, name: str) -> dict:
+    cfg = dataset_configs.to_dict() if hasattr(dataset_configs, "to_dict") else dict(dataset_configs or {})
+    section = cfg.get(name) or {}
+    return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+
+
+def _modality_settings(dataset_configs, config: DataConfig) -> tuple[audio_lib.AudioConfig, int, int]:
+    """AudioConfig, spectrogram frames and flow frames from `dataset_configs.audio` / `.flow`."""
+    audio = _section(dataset_configs, "audio")
+    audio_frames = int(audio.pop("num_frames", None) or DEFAULT_AUDIO_FRAMES)
+    fields = {f.name for f in dataclasses.fields(audio_lib.AudioConfig)}
+    unknown = sorted(set(audio) - fields)
+    if unknown:
+        raise ConfigError(f"dataset_configs.audio has unknown fields {unknown}; expected num_frames and "
+                          f"{sorted(fields)}")
+    flow = _section(dataset_configs, "flow")
+    flow_frames = int(flow.get("num_frames") or config.num_frames)
+    if audio_frames < 1 or flow_frames < 1:
+        raise ConfigError(f"dataset_configs.audio.num_frames ({audio_frames}) and dataset_configs.flow.num_frames "
+                          f"({flow_frames}) must be >= 1")
+    return audio_lib.AudioConfig(**audio), audio_frames, flow_frames
 
 
 class _RecordDecoder:
@@ -321,7 +346,7 @@ class _RecordDecoder:
     def dtypes(self) -> list[tf.DType]:
         """Output dtypes, in `__call__`'s order."""
         out = [tf.uint8] + [tf.float32] * len(self.spec.classes) + [tf.string]
-        out += [tf.float32] * ("flow" in self.spec.modalities) + [tf.float32] * ("spectrogram" in self.spec.modalities)
+        out += [tf.float32] * ("flow" in self.spec.modalities) + [tf.float32] * ("audio" in self.spec.modalities)
         return out + [tf.bool]
 
     def __call__(self, record: bytes, seed: np.ndarray) -> list:
@@ -336,7 +361,7 @@ class _RecordDecoder:
         out = [np.zeros((1, 1, 1, 3), np.uint8)]
         out += [np.zeros(c, np.float32) for c in spec.classes.values()] + [np.bytes_(b"")]
         out += [np.zeros((1, 1, 1, 2), np.float32)] * ("flow" in spec.modalities)
-        out += [np.zeros((1, 1), np.float32)] * ("spectrogram" in spec.modalities)
+        out += [np.zeros((1, 1), np.float32)] * ("audio" in spec.modalities)
         return out
 
     def _decode(self, record: bytes, seed: np.ndarray) -> list:
@@ -368,16 +393,20 @@ class _RecordDecoder:
             out.append(hot)
         out.append(np.bytes_(example_id))
         if "flow" in spec.modalities:
-            out.append(self._flow(seq, indices, frames.shape[1:3], what))
-        if "spectrogram" in spec.modalities:
+            out.append(self._flow(seq, indices, frames.shape[1:3], what, len(encoded)))
+        if "audio" in spec.modalities:
             out.append(self._waveform(seq, indices, what))
         return out
 
-    def _flow(self, seq, indices: np.ndarray, size: tuple[int, int], what: str) -> np.ndarray:
+    def _flow(self, seq, indices: np.ndarray, size: tuple[int, int], what: str, num_rgb: int) -> np.ndarray:
         encoded = _frame_bytes(seq, FLOW_KEY)
         if not encoded:
             raise DataError(f"{what} has no '{FLOW_KEY}' flow frames")
-        picks = np.minimum(indices, len(encoded) - 1)  # T RGB frames have T - 1 flow frames
+        cfg, clips = self.spec.config, indices.reshape(-1, self.spec.config.num_frames)
+        if self.spec.flow_frames != cfg.num_frames:  # spread the flow frames over each RGB clip
+            span = np.linspace(0, (cfg.num_frames - 1) * cfg.stride, self.spec.flow_frames).round().astype(np.int64)
+            clips = (clips[:, :1] + span[None]) % num_rgb
+        picks = np.minimum(clips.reshape(-1), len(encoded) - 1)  # T RGB frames have T - 1 flow frames
         unique, inverse = np.unique(picks, return_inverse=True)
         flow = np.stack(_decode_jpegs([encoded[i] for i in unique], f"{what}: flow frame"))[..., :2]
         return flow_lib.resize_flow(flow_lib.dequantize(flow), *size)[inverse]
@@ -391,7 +420,7 @@ class _RecordDecoder:
         fps = (_context(seq, FRAME_RATE_KEY, "float_list") or [30.0])[0]
         clips = indices.reshape(-1, self.spec.config.num_frames)
         return np.stack([audio_lib.clip_waveform(waveform, rate, fps, clip, self.spec.audio,
-                                                 self.spec.num_spec_frames) for clip in clips])
+                                                 self.spec.audio_frames) for clip in clips])
 
 
 def _records(files: list[str], is_train: bool, seed: int | None, counter: SkipCounter):
@@ -426,8 +455,6 @@ def make_dataset(
     with_ids: bool = False,
     repeat: bool | None = None,
     shuffle_buffer: int = 64,
-    audio_config: audio_lib.AudioConfig | None = None,
-    num_spec_frames: int = 800,
     skip_counter: SkipCounter | None = None,
 ) -> tf.data.Dataset:
     """A batched dataset of `(inputs, labels)` from TFRecords written by `write_tfrecords`.
@@ -435,8 +462,11 @@ def make_dataset(
     inputs: float32 [B, T, crop, crop, 3] in [-1, 1] when training; for evaluation
       [B, views, T, crop, crop, 3] with views = num_test_clips x (3 or 1) crops, clip-major (view
       `c * crops + k` is crop `k` of clip `c`). With more modalities than "rgb", a dict with "rgb",
-      "flow" (float32 [..., T, crop, crop, 2], same clip, crop and flip as rgb) and "spectrogram"
-      (log-mel float32 [B, (views,) num_spec_frames, mel_bins] starting at the clip's first frame).
+      "flow" (float32 [B, (views,) T_flow, crop, crop, 2] over the same clip, same crop and flip) and
+      "audio" (log-mel float32 [B, (views,) F, mel_bins, 1] starting at the clip's first frame), the
+      inputs of `mtv.models.multimodal`. Their settings come from `dataset_configs.flow.num_frames`
+      (default num_frames) and `dataset_configs.audio` (`AudioConfig` fields plus num_frames = F,
+      default 800).
     labels: one-hot (multi-hot) float32 [B, num_classes] for a single label name, a dict by name for
       several (e.g. ("verb", "noun")), and left out entirely when `label_names` is empty.
     with_ids: append the `example/id` strings [B] to each element.
@@ -453,7 +483,7 @@ def make_dataset(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     classes = _num_classes_by_name(tuple(label_names), num_classes)
-    spec = _Spec(config, is_train, classes, modalities, audio_config or audio_lib.AudioConfig(), num_spec_frames)
+    spec = _Spec(config, is_train, classes, modalities, *_modality_settings(dataset_configs, config))
     counter = skip_counter if skip_counter is not None else SkipCounter()
     files = resolve_files(file_pattern)
     decoder = _RecordDecoder(spec, counter)
@@ -486,7 +516,7 @@ def _to_element(values, spec: _Spec, with_ids: bool):
     labels = [values.pop(0) for _ in spec.classes]
     example_id = values.pop(0)
     flow = values.pop(0) if "flow" in spec.modalities else None
-    waveform = values.pop(0) if "spectrogram" in spec.modalities else None
+    waveform = values.pop(0) if "audio" in spec.modalities else None
     seed = values[-1]
     frames.set_shape([None, None, None, 3])
     inputs = {}
@@ -496,9 +526,9 @@ def _to_element(values, spec: _Spec, with_ids: bool):
         if flow is not None:
             flow.set_shape([None, None, None, 2])
             inputs["flow"] = transforms.train_transform(flow, cfg, seed, is_flow=True)
-            inputs["flow"].set_shape([cfg.num_frames, cfg.crop_size, cfg.crop_size, 2])
+            inputs["flow"].set_shape([spec.flow_frames, cfg.crop_size, cfg.crop_size, 2])
         if waveform is not None:
-            inputs["spectrogram"] = audio_lib.log_mel_spectrogram(waveform[0], spec.audio)
+            inputs["audio"] = audio_lib.log_mel_spectrogram(waveform[0], spec.audio)[..., None]
     else:
         views = cfg.num_views
         clip_shape = [cfg.num_test_clips, cfg.num_frames]
@@ -506,15 +536,15 @@ def _to_element(values, spec: _Spec, with_ids: bool):
         inputs["rgb"] = transforms.eval_transform(clips, cfg)
         inputs["rgb"].set_shape([views, cfg.num_frames, cfg.crop_size, cfg.crop_size, 3])
         if flow is not None:
-            clips = tf.reshape(flow, tf.concat([clip_shape, tf.shape(flow)[1:]], 0))
+            clips = tf.reshape(flow, tf.concat([[cfg.num_test_clips, spec.flow_frames], tf.shape(flow)[1:]], 0))
             inputs["flow"] = transforms.eval_transform(clips, cfg, is_flow=True)
-            inputs["flow"].set_shape([views, cfg.num_frames, cfg.crop_size, cfg.crop_size, 2])
+            inputs["flow"].set_shape([views, spec.flow_frames, cfg.crop_size, cfg.crop_size, 2])
         if waveform is not None:
-            spectrogram = audio_lib.log_mel_spectrogram(waveform, spec.audio)  # [clips, F, mel]
-            inputs["spectrogram"] = tf.repeat(spectrogram, cfg.num_spatial_crops, axis=0)
-    if "spectrogram" in inputs:
-        shape = inputs["spectrogram"].shape[:-2].concatenate([spec.num_spec_frames, spec.audio.num_mel_bins])
-        inputs["spectrogram"].set_shape(shape)
+            spectrogram = audio_lib.log_mel_spectrogram(waveform, spec.audio)[..., None]  # [clips, F, mel, 1]
+            inputs["audio"] = tf.repeat(spectrogram, cfg.num_spatial_crops, axis=0)
+    if "audio" in inputs:
+        shape = inputs["audio"].shape[:-3].concatenate([spec.audio_frames, spec.audio.num_mel_bins, 1])
+        inputs["audio"].set_shape(shape)
     element = (inputs["rgb"] if spec.modalities == ("rgb",) else inputs,)
     if spec.classes:
         for label, count in zip(labels, spec.classes.values(), strict=True):

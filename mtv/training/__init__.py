@@ -1,0 +1,1 @@
+"""Pieces of `mtv.train`: schedules, optimizer, losses, initialisation, checkpoints, inputs, strategies."""

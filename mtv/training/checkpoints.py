@@ -1,0 +1,115 @@
+"""Training checkpoints: model weights (by Scenic/Flax name), optimizer state and step, written atomically.
+
+A checkpoint is one `.npz` file `<workdir>/checkpoints/ckpt_<step>.npz` holding
+  `params/<flax path>`  every model weight under its Scenic name (readable by `mtv.from_scenic`'s npz
+                        loader after dropping the other keys, see `read_params`),
+  `opt/<index>`         every optimizer variable (iterations, momenta) in the optimizer's order,
+  `meta`                JSON: step, optimizer variable names and shapes, anything the trainer adds.
+It is written to a temporary file in the same directory, flushed, fsynced and renamed into place, so a
+run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from mtv.errors import CheckpointError
+
+PATTERN = re.compile(r"ckpt_(\d+)\.npz$")
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> Path:
+    """Where a run keeps its checkpoints."""
+    return Path(workdir) / "checkpoints"
+
+
+def list_checkpoints(workdir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first."""
+    folder = checkpoint_dir(workdir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := PATTERN.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(workdir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a run, or None."""
+    found = list_checkpoints(workdir)
+    return found[-1][1] if found else None
+
+
+def _value(var) -> np.ndarray:
+    return np.asarray(var.numpy() if hasattr(var, "numpy") else var)
+
+
+def save_checkpoint(workdir: str | os.PathLike, step: int, model, optimizer=None, *, meta: dict | None = None,
+                    keep: int = 3) -> Path:
+    """Writes `ckpt_<step>.npz` atomically and deletes all but the newest `keep` checkpoints."""
+    folder = checkpoint_dir(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"params/{k}": _value(v) for k, v in model.flax_params().items()}
+    opt_vars = list(optimizer.variables) if optimizer is not None else []
+    for i, var in enumerate(opt_vars):
+        arrays[f"opt/{i}"] = _value(var)
+    info = {"step": int(step), "optimizer": [[v.path, list(v.shape)] for v in opt_vars], **(meta or {})}
+    arrays["meta"] = np.asarray(json.dumps(info, default=str))
+    path = folder / f"ckpt_{int(step):08d}.npz"
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt_", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for _, old in list_checkpoints(workdir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    logging.info("saved checkpoint %s", path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[np.ndarray], dict]:
+    """(params by Flax path, optimizer values, meta) of a checkpoint file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            params = {k[len("params/"):]: data[k] for k in data.files if k.startswith("params/")}
+            count = sum(1 for k in data.files if k.startswith("opt/"))
+            opt = [data[f"opt/{i}"] for i in range(count)]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"'{path}' is not a readable mtv training checkpoint: {e}") from e
+    return params, opt, meta
+
+
+def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Only the model weights of a checkpoint, by Scenic/Flax path (for evaluation or export)."""
+    return read_checkpoint(path)[0]
+
+
+def restore_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
+    """Loads a checkpoint into `model` (and `optimizer`, which must be built); returns its meta."""
+    from mtv.checkpoints.scenic import assign_flax_params
+
+    params, opt_values, meta = read_checkpoint(path)
+    assign_flax_params(model, params)
+    if optimizer is not None:
+        variables = list(optimizer.variables)
+        if len(variables) != len(opt_values):
+            raise CheckpointError(f"'{path}' holds {len(opt_values)} optimizer variables, the optimizer has "
+                                  f"{len(variables)}; was it written by a different model or optimizer?")
+        for var, value in zip(variables, opt_values, strict=True):
+            if tuple(var.shape) != value.shape:
+                raise CheckpointError(f"'{path}': optimizer variable '{var.path}' has shape {value.shape}, "
+                                      f"expected {tuple(var.shape)}")
+            var.assign(value.astype(var.dtype))
+    return meta
