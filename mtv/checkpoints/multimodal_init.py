@@ -147,6 +147,9 @@ class _Initialiser:
         self.restore_head = restore_output_projection
         self.src_views = _source_views(flat)
         self.view_map = match_views(self.spec, self.src_views)
+        norm = flat.get("global_encoder/encoder_norm/scale")
+        # The global encoder is taken whole or not at all: its width is the sum of the view widths.
+        self.global_same = norm is not None and int(np.shape(norm)[0]) == model.global_width()
         self.same = {i for i, s in self.view_map.items() if i == s and self.spec["views"][i]["modality"] == "rgb"}
         self.report = {"view_map": dict(self.view_map), "copied": [], "adapted": {}, "initialised": []}
 
@@ -154,6 +157,8 @@ class _Initialiser:
         """The source name holding `key`'s weights, or None."""
         if key.startswith("output_projection/"):
             return key if self.restore_head else None
+        if key.startswith("global_encoder/") or key == "cls_global":
+            return key if self.global_same else None
         m = _PLAIN.match(key) or _FUSED.match(key)
         if m:
             if m.re is _PLAIN:

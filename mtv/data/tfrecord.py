@@ -501,8 +501,10 @@ def make_dataset(
         outputs = tf.numpy_function(decoder, [record, element_seed], decoder.dtypes(), stateful=True)
         return tuple(outputs) + (element_seed,)
 
-    ds = ds.map(host_decode, **parallel).filter(lambda *x: x[-2])
-    ds = ds.map(lambda *x: _to_element(x, spec, with_ids), **parallel)
+    # The transforms use tf.cond where they branch on tensors; autograph would only add tracing time.
+    plain = tf.autograph.experimental.do_not_convert
+    ds = ds.map(plain(host_decode), **parallel).filter(plain(lambda *x: x[-2]))
+    ds = ds.map(plain(lambda *x: _to_element(x, spec, with_ids)), **parallel)
     ds = ds.batch(batch_size, drop_remainder=is_train).prefetch(tf.data.AUTOTUNE)
     ds.skip_counter = counter
     return ds
@@ -519,12 +521,13 @@ def _to_element(values, spec: _Spec, with_ids: bool):
     waveform = values.pop(0) if "audio" in spec.modalities else None
     seed = values[-1]
     frames.set_shape([None, None, None, 3])
+    if flow is not None:
+        flow.set_shape([None, None, None, 2])
     inputs = {}
     if spec.is_train:
         inputs["rgb"] = transforms.train_transform(frames, cfg, seed)
         inputs["rgb"].set_shape([cfg.num_frames, cfg.crop_size, cfg.crop_size, 3])
         if flow is not None:
-            flow.set_shape([None, None, None, 2])
             inputs["flow"] = transforms.train_transform(flow, cfg, seed, is_flow=True)
             inputs["flow"].set_shape([spec.flow_frames, cfg.crop_size, cfg.crop_size, 2])
         if waveform is not None:

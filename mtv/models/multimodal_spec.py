@@ -261,6 +261,12 @@ def derive_multimodal(spec: dict) -> dict:
             raise ConfigError(f"view {i} ({spec['views'][i]['modality']}) has {t} temporal tokens, which does not "
                               f"divide the longest view's {t_max}; merge_axis 'channel' tiles every view to it")
         g["frames_per_step"] = t // t_min
+    width = (spec["global_encoder"]["hidden_size"] if not merge_channel
+             else sum(v["hidden_size"] for v in spec["views"]))
+    if width % spec["global_encoder"]["num_heads"]:
+        raise ConfigError(f"the global encoder's width {width} (the sum of all view widths with merge_axis "
+                          f"'channel') is not divisible by model.global_encoder_config.num_heads "
+                          f"{spec['global_encoder']['num_heads']}")
     if spec.get("keep_spatiotemporal_features"):
         if "audio" in streams or len({g["grid"] for g in geometry}) > 1:
             raise ConfigError("keep_spatiotemporal_features=True needs the same token grid in every view "

@@ -114,11 +114,12 @@ def array_source(frames: np.ndarray, labels: Mapping[str, np.ndarray] | np.ndarr
 
     def make(batch_size: int, start_step: int, seed: int) -> tf.data.Dataset:
         def batch_at(step: int):
-            first = step * batch_size
+            positions = step * batch_size + np.arange(batch_size)
+            epochs, offsets = np.divmod(positions, count)
             idx = np.empty(batch_size, np.int64)
-            for j in range(batch_size):
-                epoch, pos = divmod(first + j, count)
-                idx[j] = np.random.default_rng([seed, epoch]).permutation(count)[pos]
+            for epoch in np.unique(epochs):
+                order = np.random.default_rng([seed, int(epoch)]).permutation(count)
+                idx[epochs == epoch] = order[offsets[epochs == epoch]]
             x = normalize_frames(frames[idx])
             if random_flip:
                 flip = np.random.default_rng([seed, 1 << 20, step]).random(batch_size) < 0.5

@@ -1,0 +1,67 @@
+"""tf.distribute strategies by name, and feeding them global batches exactly.
+
+  'default'       one device (the default strategy)
+  'mirrored'      MirroredStrategy over the local GPUs (or the given devices)
+  'multi_worker'  MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG environment variable
+  'tpu'           TPUStrategy on `tpu` (a name or grpc:// address; '' = local). Not testable without a TPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from mtv.errors import ConfigError
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def make_strategy(name: str = "default", *, devices: list[str] | None = None, tpu: str = "") -> tf.distribute.Strategy:
+    """A tf.distribute strategy by name (see the module docstring)."""
+    if name in (None, "", "default"):
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("strategy 'multi_worker' needs the TF_CONFIG environment variable (cluster and task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ConfigError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes checkpoints and summaries ('chief', else worker 0)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
+    if "chief" in cluster:
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, global_batch: int):
+    """Splits every global batch across the replicas of all workers, in order, so that the replicas
+    of one step together see exactly the global batch a single device would."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return dataset
+    if global_batch % replicas:
+        raise ConfigError(f"batch_size {global_batch} is not divisible by the {replicas} replicas; the global "
+                          "batch is split evenly across them")
+
+    def per_pipeline(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = ctx.get_per_replica_batch_size(global_batch)
+        local = per_replica * (ctx.num_replicas_in_sync // ctx.num_input_pipelines)
+        start = ctx.input_pipeline_id * local
+        ds = dataset.map(lambda x, y: tf.nest.map_structure(lambda t: t[start:start + local], (x, y)))
+        return ds.unbatch().batch(per_replica, drop_remainder=True).prefetch(2)
+
+    return strategy.distribute_datasets_from_function(per_pipeline)
