@@ -60,6 +60,7 @@ _COMMON_FIELDS: dict[str, tuple] = {
     "params": (int, _NULLABLE),
     "gflops_per_view": (int, float, _NULLABLE),
     "gflops_source": (str, _NULLABLE),
+    "params_source": (str, _NULLABLE),
     "sha256": (str, _NULLABLE),
     "format": (str,),
     "license": (str,),

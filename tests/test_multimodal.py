@@ -15,9 +15,9 @@ from mtv.checkpoints.multimodal_init import init_from_mtv, zoom_linear
 from mtv.checkpoints.scenic import assign_flax_params
 from mtv.configs_io import load_config
 from mtv.errors import CheckpointError, ConfigError, ShapeError
+from mtv.models.mtv import MTV
 from mtv.models.multimodal import MultimodalMTV, build_multimodal_model
 from mtv.models.multimodal_spec import mtv_spec, multimodal_spec_from_config
-from mtv.models.mtv import MTV
 from mtv.models.spec import spec_from_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,7 +351,7 @@ def _with(config, path, value):
     ("model.modalities.audio.num_frames", 24, "3 temporal tokens, not a multiple of the aligned time 2"),
     ("model.modalities.flow.view_configs", [view(16, 2, (8, 8))], "must be \\(height, width, time\\)"),
     ("model.modalities.audio.variant", "B/16", "both 'variant' and 'view_configs'"),
-    ("model.global_encoder_config.num_heads", 5, "not divisible by .*num_heads 5"),
+    ("model.global_encoder_config.num_heads", 3, "not divisible by .*num_heads 3"),
 ])
 def test_bad_configs_raise_config_errors(path, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -146,6 +146,10 @@ class _Initialiser:
         self.cls = 1 if self.spec["classifier"] == "token" else 0
         self.restore_head = restore_output_projection
         self.src_views = _source_views(flat)
+        if ("cls_view0" in flat) != bool(self.cls):
+            raise CheckpointError(f"the model's classifier is {self.spec['classifier']!r} but the source "
+                                  f"{'has' if 'cls_view0' in flat else 'has no'} per-view CLS tokens; both must "
+                                  "use 'token' or neither")
         self.view_map = match_views(self.spec, self.src_views)
         norm = flat.get("global_encoder/encoder_norm/scale")
         # The global encoder is taken whole or not at all: its width is the sum of the view widths.

@@ -18,13 +18,13 @@ from mtv.errors import ShapeError
 from mtv.layers.global_encoder import GlobalEncoder
 from mtv.layers.multiview_encoder import MultiviewEncoder
 from mtv.layers.patch_embedding import spectrogram_embedding, tubelet_embedding
+from mtv.models.mtv import MTV, _pool
 from mtv.models.multimodal_spec import (
     MODALITIES,
     derive_multimodal,
     multimodal_spec_from_config,
     stream_views,
 )
-from mtv.models.mtv import MTV, _pool
 
 _VIDEO_AXES = ("frames", "height", "width", "channels")
 _AUDIO_AXES = ("time frames", "mel bins", "channels")

@@ -1,0 +1,47 @@
+"""`mtv evaluate --data=PATTERN (--checkpoint=... --config=... | --model=HANDLE) --out=results.npz`."""
+
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+from mtv.evaluate import VIEW_RULES
+
+HELP = "multi-view evaluation (clips x crops) of a checkpoint or zoo model; prints top-1/top-5, writes scores"
+FLAGS = flags.FlagValues()
+config_flags.DEFINE_config_file("config", None, "experiment config (model and test-time preprocessing)",
+                                flag_values=FLAGS, lock_config=False)
+flags.DEFINE_string("checkpoint", None, "training checkpoint, run workdir, preset dir or Scenic checkpoint",
+                    flag_values=FLAGS)
+flags.DEFINE_string("model", None, "zoo name, preset dir or hub handle (instead of --checkpoint)", flag_values=FLAGS)
+flags.DEFINE_string("data", None, "TFRecords (glob, directory or prefix@N) or a CSV of videos", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "results file (.npz) of per-example scores keyed by id", flag_values=FLAGS)
+flags.DEFINE_enum("rule", "logits_mean", list(VIEW_RULES), "how the views of a video are averaged",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("clips", None, "temporal clips per video (default: the config's num_test_clips)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("crops", None, "spatial crops per clip, 1 or 3 (default: the config's)", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 8, "views per forward pass", flag_values=FLAGS)
+flags.DEFINE_integer("label_offset", 0, "subtracted from stored labels (1 for 1-based label files)",
+                     flag_values=FLAGS)
+
+
+def main(argv: list[str]) -> int:
+    from mtv import evaluate as ev
+    from mtv.errors import ConfigError
+
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}")
+    if not FLAGS.data:
+        raise ConfigError("--data is required (TFRecords or a CSV of videos)")
+    if bool(FLAGS.checkpoint) == bool(FLAGS.model):
+        raise ConfigError("give exactly one of --checkpoint (with --config) and --model")
+    model = ev.load_for_eval(config=FLAGS.config, checkpoint=FLAGS.checkpoint, model=FLAGS.model)
+    dc = ev.eval_dataset_configs(FLAGS.config, model, clips=FLAGS.clips, crops=FLAGS.crops)
+    result = ev.evaluate_data(model, FLAGS.data, dataset_configs=dc, rule=FLAGS.rule, batch_size=FLAGS.batch_size,
+                              label_offset=FLAGS.label_offset)
+    print(ev.format_metrics(result))
+    if FLAGS.out:
+        path = ev.write(result, FLAGS.out)
+        print(f"scores of {len(result.ids)} videos written to {path}")
+    return 0
