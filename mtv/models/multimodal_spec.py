@@ -187,8 +187,7 @@ def multimodal_spec_from_config(config: Any, *, num_classes: int | None = None, 
                           f"{', '.join(MODALITIES)}")
     if "rgb" not in sections and model.get("view_configs"):
         raise ConfigError("'model.view_configs' describes the RGB stream, but 'rgb' is not in 'model.modalities'")
-    overrides = input_shapes
-    bad = [k for k in overrides if k not in sections]
+    bad = [k for k in input_shapes if k not in sections]
     if bad:
         raise ConfigError(f"input_shapes names {bad[0]!r}, which is not a configured modality "
                           f"({', '.join(sections)})")
@@ -200,7 +199,7 @@ def multimodal_spec_from_config(config: Any, *, num_classes: int | None = None, 
         _check_fields(section, STREAM_FIELDS[name], f"model.modalities.{name}")
         raw, where = _stream_views(name, section, model)
         views.extend(_parse_views(name, raw, where))
-        streams[name] = _stream_input(name, section, ds, overrides.get(name))
+        streams[name] = _stream_input(name, section, ds, input_shapes.get(name))
 
     # Every field MTV shares is validated by MTV's own spec_from_config, on a stand-in input that
     # any view fits (patches of 1), so both models apply the same rules with the same messages.
