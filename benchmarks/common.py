@@ -74,19 +74,44 @@ def build(config: str, batch: int, frames: int | None, size: int | None, seed: i
     return model, clip
 
 
-def median_time(fn: Callable[[], object], runs: int, warmup: int = 1,
-                between: Callable[[], None] | None = None) -> tuple[float, list[float]]:
-    """Median wall time of `fn()` (its result fetched to host) over `runs` after `warmup` calls."""
+class Timing:
+    """Wall and process-CPU seconds of repeated calls.
+
+    On a shared machine wall time depends on the other jobs; CPU seconds (all threads of this
+    process) do much less, so throughput per CPU-second is the load-robust number.
+    """
+
+    def __init__(self):
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def run(self, fn: Callable[[], object]) -> None:
+        """Times one call of `fn`, its result fetched to the host."""
+        w0, c0 = time.perf_counter(), time.process_time()
+        _block(fn())
+        self.wall.append(time.perf_counter() - w0)
+        self.cpu.append(time.process_time() - c0)
+
+    @property
+    def median_wall(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu)
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int = 1,
+               between: Callable[[], None] | None = None) -> Timing:
+    """Times `runs` calls of `fn` after `warmup` untimed ones; `between` runs after each timed call."""
     for _ in range(warmup):
         _block(fn())
-    times = []
+    timing = Timing()
     for _ in range(runs):
-        t0 = time.perf_counter()
-        _block(fn())
-        times.append(time.perf_counter() - t0)
+        timing.run(fn)
         if between is not None:
             between()
-    return statistics.median(times), times
+    return timing
 
 
 def _block(out) -> None:
@@ -95,7 +120,7 @@ def _block(out) -> None:
 
 
 class MatmulPeak:
-    """Float32 (or bf16) square-matmul throughput, sampled between model runs so both see the same load."""
+    """Square-matmul throughput, sampled between model runs so both see the same machine load."""
 
     def __init__(self, n: int = 4096, dtype: str = "float32"):
         self.n = n
@@ -104,18 +129,24 @@ class MatmulPeak:
         self.a, self.b = tf.cast(a, dtype), tf.cast(b, dtype)
         self.fn = tf.function(tf.linalg.matmul)
         _block(self.fn(self.a, self.b))
-        self.samples: list[float] = []
+        self.timing = Timing()
 
     def sample(self, repeats: int = 2) -> None:
-        """Times `repeats` matmuls and keeps their GFLOP/s."""
+        """Times `repeats` more matmuls."""
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            _block(self.fn(self.a, self.b))
-            self.samples.append(2 * self.n ** 3 / (time.perf_counter() - t0) / 1e9)
+            self.timing.run(lambda: self.fn(self.a, self.b))
+
+    @property
+    def flop(self) -> int:
+        return 2 * self.n ** 3
 
     def gflops(self) -> float:
-        """The best sample: the peak is what the hardware reaches, not its average under contention."""
-        return max(self.samples)
+        """Best wall-clock GFLOP/s: the peak is what the hardware reaches, not its mean under contention."""
+        return self.flop / min(self.timing.wall) / 1e9
+
+    def gflops_per_cpu_s(self) -> float:
+        """GFLOP per CPU-second (median): the throughput-per-core measure, robust to other jobs."""
+        return self.flop / self.timing.median_cpu / 1e9
 
 
 # ------------------------------------------------------------------------------------- FLOP count
@@ -191,6 +222,30 @@ def xla_flops(fn: Callable, *args) -> dict:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def summarize(timing: Timing, peak: MatmulPeak | None) -> dict:
+    """Timing fields of the report, and the peak RSS reached so far (call it before the FLOP count)."""
+    out = {"median_s": round(timing.median_wall, 3), "times_s": [round(t, 3) for t in timing.wall],
+           "median_cpu_s": round(timing.median_cpu, 3), "peak_rss_mb": round(peak_rss_mb())}
+    if peak is not None:
+        out["matmul_peak_gflops"] = round(peak.gflops(), 1)
+        out["matmul_gflop_per_cpu_s"] = round(peak.gflops_per_cpu_s(), 1)
+    return out
+
+
+def flop_summary(fn: Callable, args: tuple, timing: Timing, peak: MatmulPeak | None) -> dict:
+    """Counted GFLOP of `fn(*args)` and the achieved fraction of the matmul peak, wall and per CPU-second."""
+    cost = xla_flops(fn, *args)
+    gflop = cost["flops"] / 1e9
+    out = {"gflop": round(gflop, 1), "gflop_dot_conv": round((cost["dot"] + cost["convolution"]) / 1e9, 1),
+           "transcendentals": cost["transcendentals"],
+           "achieved_gflops": round(gflop / timing.median_wall, 1),
+           "achieved_gflop_per_cpu_s": round(gflop / timing.median_cpu, 1)}
+    if peak is not None:
+        out["fraction_of_peak"] = round(out["achieved_gflops"] / peak.gflops(), 3)
+        out["fraction_of_peak_cpu"] = round(out["achieved_gflop_per_cpu_s"] / peak.gflops_per_cpu_s(), 3)
+    return out
 
 
 def machine() -> dict:

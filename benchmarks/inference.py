@@ -3,6 +3,7 @@
     python3 benchmarks/inference.py                       # MTV-B K400, 1 x 32 x 224 x 224, float32
     python3 benchmarks/inference.py --dtype bfloat16 --xla --runs 3
     python3 benchmarks/inference.py --frames 8 --size 112 # a short variant for a quick look
+    python3 benchmarks/inference.py --profile             # also time each stage of the model alone
 """
 
 from __future__ import annotations
@@ -15,32 +16,59 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 
 
+def stage_profile(model, clip, runs: int, xla: bool = False) -> dict:
+    """Median CPU seconds and counted GFLOP of each stage of an MTV forward pass, each run on its own.
+
+    Stages: tubelet embedding, each view's plain encoder blocks, the cross-view blocks, the global
+    encoder (with pooling and the head). Each is a separate tf.function fed the real activations.
+    """
+    import tensorflow as tf
+
+    enc = model.encoder
+    stages: dict[str, list] = {}
+
+    def add(name, fn, *args):
+        f = tf.function(fn, jit_compile=xla)
+        timing = common.time_calls(lambda: f(*args), runs, 1)
+        flop = common.xla_flops(fn, *args)["flops"]
+        cpu, gflop = stages.get(name, (0.0, 0.0))
+        stages[name] = (cpu + timing.median_cpu, gflop + flop / 1e9)
+        return f(*args)
+
+    tokens = add("embedding", lambda x: enc.add_position_embeddings(model.tokenize(x)), clip)
+    for lyr in range(enc.num_layers):
+        if enc.cross_blocks[lyr] is not None:
+            tokens = add("cross_view_blocks", lambda *xs, b=enc.cross_blocks[lyr]: b(list(xs)), *tokens)
+            continue
+        for i, block in enumerate(enc.blocks[lyr]):
+            if block is not None:
+                tokens[i] = add(f"encoder_view{i}", block, tokens[i])
+    add("global_encoder_and_head",
+        lambda *xs: model.output_projection(model.global_encode(list(xs))), *tokens)
+    return {k: {"cpu_s": round(c, 3), "gflop": round(g, 1), "gflop_per_cpu_s": round(g / c, 1)}
+            for k, (c, g) in stages.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Builds the model, times `runs` forward passes, measures peak, FLOPs and memory."""
-    args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="also time each model stage on its own")
+    args = parser.parse_args(argv)
     common.configure(args.threads, args.inter_op, args.dtype)
     import tensorflow as tf
 
     model, clip = common.build(args.config, args.batch, args.frames, args.size)
     forward = tf.function(lambda x: model(x, training=False), jit_compile=args.xla, reduce_retracing=False)
     peak = None if args.no_peak else common.MatmulPeak(args.peak_n)
-    median, times = common.median_time(lambda: forward(clip), args.runs, args.warmup,
-                                       between=peak.sample if peak else None)
-    rss = common.peak_rss_mb()
+    timing = common.time_calls(lambda: forward(clip), args.runs, args.warmup,
+                               between=peak.sample if peak else None)
     record = {"benchmark": "inference", "config": args.config, "input_shape": list(clip.shape),
-              "dtype": args.dtype, "xla": args.xla, "params": model.count_params(),
-              "median_s": round(median, 3), "times_s": [round(t, 3) for t in times]}
+              "dtype": args.dtype, "xla": args.xla, "params": model.count_params()}
+    record.update(common.summarize(timing, peak))
     if not args.no_flops:
-        cost = common.xla_flops(lambda x: model(x, training=False), clip)
-        record["gflop"] = round(cost["flops"] / 1e9, 1)
-        record["gflop_dot_conv"] = round((cost["dot"] + cost["convolution"]) / 1e9, 1)
-        record["transcendentals"] = cost["transcendentals"]
-        record["achieved_gflops"] = round(record["gflop"] / median, 1)
-    if peak:
-        record["matmul_peak_gflops"] = round(peak.gflops(), 1)
-        if "achieved_gflops" in record:
-            record["fraction_of_peak"] = round(record["achieved_gflops"] / record["matmul_peak_gflops"], 3)
-    record["peak_rss_mb"] = round(rss)
+        record.update(common.flop_summary(lambda x: model(x, training=False), (clip,), timing, peak))
+    if args.profile:
+        record["stages"] = stage_profile(model, clip, args.runs, args.xla)
     record.update(common.machine())
     record["threads"] = {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
                          "inter": tf.config.threading.get_inter_op_parallelism_threads()}

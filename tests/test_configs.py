@@ -131,7 +131,9 @@ def named_config(request):
 
 
 def test_config_files_are_exactly_the_released_experiments():
-    found = configs_io.list_configs()
+    # Our own experiments (not Scenic's) are checked by their own tests.
+    ours = ("epic_mm_", "camera_motion")
+    found = {k: v for k, v in configs_io.list_configs().items() if not k.startswith(ours)}
     assert set(found) == set(FILES)
     assert {p.relative_to(CONFIGS).as_posix() for p in found.values()} == set(FILES.values())
 

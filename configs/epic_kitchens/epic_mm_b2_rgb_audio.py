@@ -1,10 +1,11 @@
 """M&M (multimodal MTV) on EPIC-Kitchens-100: RGB (MTV-B views Ti/8, S/4, B/2) and audio.
 
-Every field of `epic_mtv_b2_cva.py` is kept with its value (Scenic's names and Epic recipe); the
-additions are `model.modalities` (one stream of MTV views per modality) and `dataset_configs.audio`.
-Which values come from the M&M report (arXiv 2206.09852) and which are our own choices is set out in
-docs/multimodal.md: the audio stream (ViT-B over 16x16 spectrogram patches), the audio
-features and the fusion layout are ours.
+Every field of `epic_mtv_b2_cva.py` is kept with its value (Scenic's names and Epic recipe, from
+google-research/scenic's `scenic/projects/mtv/configs/epic_kitchens/epic_mtv_b2_cva.py`, read at commit
+a6c4438309527730cde7c9c59d15c74e6113ea0a); the additions are `model.modalities` (one stream of MTV views
+per modality) and `dataset_configs.audio`. Which values come from the M&M report (arXiv 2206.09852) and
+which are our own choices is set out in docs/multimodal.md: the audio stream (ViT-B over 16x16
+spectrogram patches), the audio features and the fusion layout are ours.
 """
 
 import ml_collections

@@ -69,10 +69,15 @@ def from_scenic(config: Any, params: Any, *, num_classes: int | None = None, cla
     '/'-joined flat params, or a nested/flat mapping of arrays. A `num_classes` different from the
     checkpoint's head replaces the head with a freshly initialised one (for fine-tuning) and says so.
     """
+    from mtv.models.builder import build_model, is_multimodal
     from mtv.models.mtv import MTV
-    from mtv.models.spec import spec_from_config
+    from mtv.models.spec import read_config, spec_from_config
 
     flat = load_flat_params(params)
+    if is_multimodal(read_config(config)):
+        model = build_model(config, num_classes=num_classes, class_splits=class_splits, split_names=split_names)
+        assign_flax_params(model, flat)
+        return model
     ckpt_classes = int(flat["output_projection/bias"].shape[0]) if "output_projection/bias" in flat else None
     try:
         spec = spec_from_config(config, num_classes=num_classes, class_splits=class_splits,

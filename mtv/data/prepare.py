@@ -76,9 +76,10 @@ def _int(value: str, column: str, line: int, csv_path: Path) -> int:
 
 
 def _check_label(value: int, column: str, line: int, csv_path: Path, num_classes: int | None) -> int:
-    if value < 0 or (num_classes is not None and value >= num_classes):
-        allowed = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-        raise DataError(f"{csv_path}:{line}: {column} {value} is outside {allowed}")
+    if value < 0:
+        raise DataError(f"{csv_path}:{line}: {column} {value} is negative; labels are class indices >= 0")
+    if num_classes is not None and value >= num_classes:
+        raise DataError(f"{csv_path}:{line}: {column} {value} is outside [0, {num_classes})")
     return value
 
 

@@ -133,12 +133,13 @@ def serialize_example(example: ClipExample, jpeg_quality: int = 90) -> bytes:
     return seq.SerializeToString()
 
 
-def _decode_jpegs(encoded: Sequence[bytes], what: str, flags: int = cv2.IMREAD_COLOR) -> list[np.ndarray]:
+def _decode_jpegs(encoded: Sequence[bytes], what: str, numbers: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Decodes JPEGs to RGB; `numbers` name them in errors (default: their positions)."""
     out = []
     for i, data in enumerate(encoded):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if image is None:
-            raise DataError(f"{what} {i} is not a decodable JPEG")
+            raise DataError(f"{what} {numbers[i] if numbers is not None else i} is not a decodable JPEG")
         out.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     if len({im.shape for im in out}) > 1:
         raise DataError(f"{what}s have different sizes: {sorted({im.shape for im in out})}")
@@ -385,7 +386,7 @@ class _RecordDecoder:
             indices = eval_clip_indices(len(encoded), cfg.num_frames, cfg.stride, cfg.num_test_clips,
                                         source=what).reshape(-1)
         unique, inverse = np.unique(indices, return_inverse=True)
-        decoded = _decode_jpegs([encoded[i] for i in unique], f"{what}: frame")
+        decoded = _decode_jpegs([encoded[i] for i in unique], f"{what}: frame", unique)
         frames = np.stack(decoded)[inverse]
         out = [frames]
         for name, count in spec.classes.items():
@@ -414,7 +415,7 @@ class _RecordDecoder:
             clips = (clips[:, :1] + span[None]) % num_rgb
         picks = np.minimum(clips.reshape(-1), len(encoded) - 1)  # T RGB frames have T - 1 flow frames
         unique, inverse = np.unique(picks, return_inverse=True)
-        flow = np.stack(_decode_jpegs([encoded[i] for i in unique], f"{what}: flow frame"))[..., :2]
+        flow = np.stack(_decode_jpegs([encoded[i] for i in unique], f"{what}: flow frame", unique))[..., :2]
         return flow_lib.resize_flow(flow_lib.dequantize(flow), *size)[inverse]
 
     def _waveform(self, seq, indices: np.ndarray, what: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from mtv.models.spec import derive
 POOLS = {"gap": ops.mean, "gmp": ops.max, "gsp": ops.sum}
 
 
-def _pool(x, classifier: str, axis):
+def pool_tokens(x, classifier: str, axis):
     """Scenic's _extract_encoder_output: token 0, or mean/max/sum over `axis`."""
     if classifier in ("token", "0"):
         return ops.take(x, 0, axis=axis if isinstance(axis, int) else axis[0])
@@ -155,7 +155,7 @@ class MTV(keras.Model):
         for i, (x, g) in enumerate(zip(xs, geo["views"], strict=True)):
             x = ops.reshape(x, (batch, g["temporal_tokens"], g["tokens_per_frame"], x.shape[-1]))
             if not keep:
-                x = _pool(x, s["classifier"], axis=2)
+                x = pool_tokens(x, s["classifier"], axis=2)
             if self.global_linear:
                 x = self.global_linear[i](x)
             elif g["temporal_tokens"] != geo["max_time"]:
@@ -174,7 +174,7 @@ class MTV(keras.Model):
             cls = ops.broadcast_to(ops.cast(self.cls_global, x.dtype), (batch, 1, x.shape[-1]))
             x = ops.concatenate([cls, x], axis=1)
         x = self.global_encoder(x, training=training)
-        return _pool(x, s["classifier"], axis=1)
+        return pool_tokens(x, s["classifier"], axis=1)
 
     def call(self, x, training=False):
         return self.forward(x, training=training, endpoint=self.spec["final_endpoint"])
@@ -198,7 +198,7 @@ class MTV(keras.Model):
         if endpoint == "pre_logits" or self.output_projection is None:
             return pre_logits
         if s["keep_spatiotemporal_features"]:
-            pre_logits = _pool(pre_logits, s["classifier"], axis=(1, 2, 3))
+            pre_logits = pool_tokens(pre_logits, s["classifier"], axis=(1, 2, 3))
         logits = ops.cast(self.output_projection(pre_logits), "float32")
         if s["class_splits"]:
             out, start = {}, 0

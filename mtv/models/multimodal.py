@@ -18,7 +18,7 @@ from mtv.errors import ShapeError
 from mtv.layers.global_encoder import GlobalEncoder
 from mtv.layers.multiview_encoder import MultiviewEncoder
 from mtv.layers.patch_embedding import spectrogram_embedding, tubelet_embedding
-from mtv.models.mtv import MTV, _pool
+from mtv.models.mtv import MTV, pool_tokens
 from mtv.models.multimodal_spec import (
     MODALITIES,
     derive_multimodal,
@@ -202,7 +202,7 @@ class MultimodalMTV(keras.Model):
         if endpoint == "pre_logits" or self.output_projection is None:
             return pre_logits
         if s["keep_spatiotemporal_features"]:
-            pre_logits = _pool(pre_logits, s["classifier"], axis=(1, 2, 3))
+            pre_logits = pool_tokens(pre_logits, s["classifier"], axis=(1, 2, 3))
         logits = ops.cast(self.output_projection(pre_logits), "float32")
         if s["class_splits"]:
             out, start = {}, 0

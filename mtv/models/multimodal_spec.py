@@ -20,7 +20,7 @@ from typing import Any
 
 from mtv import variants
 from mtv.errors import ConfigError
-from mtv.models.spec import _check_fields, read_config, spec_from_config
+from mtv.models.spec import check_fields, read_config, spec_from_config
 
 MODALITIES = ("rgb", "flow", "audio")
 VIDEO_MODALITIES = ("rgb", "flow")
@@ -92,7 +92,7 @@ def _parse_views(name: str, raw: list, where: str) -> list[dict]:
     for i, v in enumerate(raw):
         v = v.to_dict() if hasattr(v, "to_dict") else dict(v)
         at = f"{where}[{i}]"
-        _check_fields(v, VIEW_FIELDS, at)
+        check_fields(v, VIEW_FIELDS, at)
         view = {"modality": name}
         for key in ("hidden_size", "num_heads", "mlp_dim", "num_layers"):
             view[key] = _positive(v.get(key), f"{at}.{key}")
@@ -148,9 +148,9 @@ def _stream_input(name: str, section: Mapping, ds: Mapping, override) -> dict:
 
 def _check_dataset_sections(ds: Mapping) -> None:
     if ds.get("audio") is not None:
-        _check_fields(ds["audio"], DATA_AUDIO_FIELDS, "dataset_configs.audio")
+        check_fields(ds["audio"], DATA_AUDIO_FIELDS, "dataset_configs.audio")
     if ds.get("flow") is not None:
-        _check_fields(ds["flow"], DATA_FLOW_FIELDS, "dataset_configs.flow")
+        check_fields(ds["flow"], DATA_FLOW_FIELDS, "dataset_configs.flow")
 
 
 def multimodal_spec_from_config(config: Any, *, num_classes: int | None = None, class_splits=None,
@@ -196,7 +196,7 @@ def multimodal_spec_from_config(config: Any, *, num_classes: int | None = None, 
     streams, views = {}, []
     for name in names:
         section = sections[name] or {}
-        _check_fields(section, STREAM_FIELDS[name], f"model.modalities.{name}")
+        check_fields(section, STREAM_FIELDS[name], f"model.modalities.{name}")
         raw, where = _stream_views(name, section, model)
         views.extend(_parse_views(name, raw, where))
         streams[name] = _stream_input(name, section, ds, input_shapes.get(name))

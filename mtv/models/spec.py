@@ -56,7 +56,8 @@ def read_config(config: Any) -> dict:
     return to_plain(config)
 
 
-def _check_fields(section: Mapping, allowed: set, where: str) -> None:
+def check_fields(section: Mapping, allowed: set, where: str) -> None:
+    """Raises ConfigError for a field not in `allowed`, suggesting the closest known name."""
     import difflib
 
     for key in section:
@@ -105,7 +106,7 @@ def spec_from_config(config: Any, *, num_classes: int | None = None, class_split
     model = cfg.get("model")
     if not isinstance(model, Mapping):
         raise ConfigError("config has no 'model' section (expected a Scenic MTV experiment config)")
-    _check_fields(model, MODEL_FIELDS, "model")
+    check_fields(model, MODEL_FIELDS, "model")
     ds = cfg.get("dataset_configs") or {}
 
     views = []
@@ -114,7 +115,7 @@ def spec_from_config(config: Any, *, num_classes: int | None = None, class_split
         raise ConfigError("missing field 'model.view_configs' (a list of per-view configs)")
     for i, v in enumerate(raw_views):
         where = f"model.view_configs[{i}]"
-        _check_fields(v, VIEW_FIELDS, where)
+        check_fields(v, VIEW_FIELDS, where)
         patches = v.get("patches") or {}
         size = patches.get("size")
         if size is None or len(size) != 3 or any(int(s) <= 0 for s in size):
@@ -128,7 +129,7 @@ def spec_from_config(config: Any, *, num_classes: int | None = None, class_split
 
     fusion = model.get("cross_view_fusion")
     if fusion is not None:
-        _check_fields(fusion, FUSION_FIELDS, "model.cross_view_fusion")
+        check_fields(fusion, FUSION_FIELDS, "model.cross_view_fusion")
         ftype = fusion.get("type")
         if ftype not in FUSION_TYPES:
             raise ConfigError(f"field 'model.cross_view_fusion.type' is {ftype!r}; expected one of {FUSION_TYPES}")
@@ -147,7 +148,7 @@ def spec_from_config(config: Any, *, num_classes: int | None = None, class_split
     genc = model.get("global_encoder_config")
     if not genc:
         raise ConfigError("missing field 'model.global_encoder_config'")
-    _check_fields(genc, GLOBAL_FIELDS, "model.global_encoder_config")
+    check_fields(genc, GLOBAL_FIELDS, "model.global_encoder_config")
     merge_axis = genc.get("merge_axis", "channel")
     if merge_axis not in ("channel", "time"):
         raise ConfigError(f"field 'model.global_encoder_config.merge_axis' is {merge_axis!r}; "
@@ -160,7 +161,7 @@ def spec_from_config(config: Any, *, num_classes: int | None = None, class_split
         raise ConfigError("merge_axis 'time' needs 'model.global_encoder_config.hidden_size'")
 
     temporal = model.get("temporal_encoding_config") or {}
-    _check_fields(temporal, TEMPORAL_FIELDS, "model.temporal_encoding_config")
+    check_fields(temporal, TEMPORAL_FIELDS, "model.temporal_encoding_config")
     if temporal.get("method", "3d_conv") != "3d_conv":
         raise ConfigError(f"'model.temporal_encoding_config.method' is {temporal.get('method')!r}; MTV "
                           "supports only '3d_conv' (its 3-element patch sizes rule out 'temporal_sampling')")

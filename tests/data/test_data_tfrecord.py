@@ -174,7 +174,7 @@ def test_flow_and_audio_modalities(shards):
         for c, clip in enumerate(clips):
             wave = audio_lib.clip_waveform(example.audio, 16000, 10.0, clip, audio_lib.AudioConfig(), 30)
             expected = audio_lib.log_mel_spectrogram(wave).numpy()
-            np.testing.assert_allclose(inputs["audio"][row, c, :, :, 0].numpy(), expected, atol=1e-4)
+            np.testing.assert_allclose(inputs["audio"][row, c, :, :, 0].numpy(), expected, atol=1e-3)
 
 
 def test_train_modalities_shapes(shards):
