@@ -16,6 +16,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 
 
+def _on_list(layer):
+    """`layer` called on its positional arguments gathered in a list (tf.function wants plain args)."""
+    return lambda *xs: layer(list(xs))
+
+
 def stage_profile(model, clip, runs: int, xla: bool = False) -> dict:
     """Median CPU seconds and counted GFLOP of each stage of an MTV forward pass, each run on its own.
 
@@ -38,7 +43,7 @@ def stage_profile(model, clip, runs: int, xla: bool = False) -> dict:
     tokens = add("embedding", lambda x: enc.add_position_embeddings(model.tokenize(x)), clip)
     for lyr in range(enc.num_layers):
         if enc.cross_blocks[lyr] is not None:
-            tokens = add("cross_view_blocks", lambda *xs, b=enc.cross_blocks[lyr]: b(list(xs)), *tokens)
+            tokens = add("cross_view_blocks", _on_list(enc.cross_blocks[lyr]), *tokens)
             continue
         for i, block in enumerate(enc.blocks[lyr]):
             if block is not None:

@@ -65,7 +65,9 @@ def predict(video: str | os.PathLike, *, model: Any = None, views: str | None = 
     if isinstance(handle, (str, os.PathLike)):
         model = load(handle)
     settings = _settings(model, views)
-    clip = load_video(video, min_resize=settings["min_resize"])
+    # Frames are resized exactly as the evaluation pipeline does (bilinear, in TF); only frames over twice
+    # that size are shrunk while decoding, to bound memory on long high-resolution videos.
+    clip = load_video(video, min_resize=2 * settings["min_resize"])
     inputs = video_to_eval_views(clip, **settings)
     outputs: dict[str, list] = {}
     for start in range(0, len(inputs), batch_size):

@@ -201,14 +201,14 @@ def generate(count: int, *, sources: Sequence[np.ndarray], num_frames: int, size
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0) -> Path:
-    """Writes uint8 RGB frames [T, H, W, 3] as a lossless-ish MJPG .avi or an .mp4 (for CLI checks)."""
+    """Writes uint8 RGB frames [T, H, W, 3] as a full-chroma MJPEG .avi, or an MPEG-4 .mp4."""
     import av
 
     path = Path(path)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4" if path.suffix == ".mp4" else "mjpeg", rate=int(round(fps)))
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p" if path.suffix == ".mp4" else "yuvj420p"
+        stream.pix_fmt = "yuv420p" if path.suffix == ".mp4" else "yuvj444p"  # full chroma: less colour loss
         if path.suffix == ".mp4":
             stream.options = {"qscale": "2"}
         for frame in frames:

@@ -51,7 +51,7 @@ def test_predict_real_clip_matches_manual_views(preset, videos_dir):
     result = predict(clip, model=str(preset), top=3)
     assert result["views"] == "2x3" and len(result["heads"]["logits"]) == 3
     model = load_preset(preset)
-    views = video_to_eval_views(load_video(clip, min_resize=36), num_frames=8, stride=2, num_clips=2,
+    views = video_to_eval_views(load_video(clip, min_resize=72), num_frames=8, stride=2, num_clips=2,
                                 crop_size=32, min_resize=36, three_crops=True)
     probs = average_views(np.asarray(model(views)))
     top = result["heads"]["logits"][0]

@@ -70,8 +70,15 @@ def _apply(opt, var, grads):
 
 
 def test_momentum_follows_optax_with_a_changing_learning_rate():
+    import keras
+
     rates = [0.5, 0.25, 0.125]
-    schedule = lambda step: tf.gather(tf.constant(rates), tf.cast(step, tf.int32))
+
+    class Steps(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return tf.gather(tf.constant(rates), tf.cast(step, tf.int32))
+
+    schedule = Steps()
     var = tf.Variable(np.array([1.0, -2.0], np.float32))
     opt = ScenicMomentum(learning_rate=schedule, momentum=0.9)
     grads = [np.array([0.1, 0.2]), np.array([-0.3, 0.1]), np.array([0.05, 0.05])]

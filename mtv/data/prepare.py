@@ -164,7 +164,8 @@ def _epic_flow(root: Path, video_id: str, frame_range: tuple[int, int], num_fram
     if not folder.is_dir():
         return None
     start, stop = frame_range
-    flow = flow_lib.read_flow_dir(folder, frame_range=(start // 2, max(stop // 2, start // 2 + 1)), as_uint8=True)
+    flow = flow_lib.read_flow_dir(folder, frame_range=(start // 2, max((stop + 1) // 2, start // 2 + 1)),
+                                  as_uint8=True)
     picks = np.linspace(0, len(flow) - 1, max(num_frames - 1, 1)).round().astype(int)
     return flow[picks]
 

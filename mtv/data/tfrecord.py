@@ -487,8 +487,9 @@ def make_dataset(
       several (e.g. ("verb", "noun")), and left out entirely when `label_names` is empty.
     with_ids: append the `example/id` strings [B] to each element.
 
-    Training shuffles files and records, repeats (unless `repeat=False`) and drops the last partial
-    batch; evaluation reads each record once in order. `seed` makes sampling and augmentation
+    Training shuffles files and records (`shuffle_buffer` serialized records, each a whole video),
+    repeats (unless `repeat=False`) and drops the last partial batch; evaluation reads each record
+    once, in file order. `seed` makes sampling and augmentation
     deterministic. Skipped examples are counted in `skip_counter` (also `dataset.skip_counter`).
     """
     config = data_config(dataset_configs)

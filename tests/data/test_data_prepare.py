@@ -53,6 +53,9 @@ def test_generic_csv_end_to_end(tmp_path, videos_dir, capsys):
 def test_epic_csv_with_video_file_and_frames_dir(tmp_path):
     root = tmp_path / "epic"
     write_frames_dir(root / "P01" / "rgb_frames" / "P01_11", level_frames(range(10, 210, 10)))  # 20 frames
+    for name, value in (("u", 150), ("v", 100)):  # precomputed flow at half the RGB rate: 10 frames
+        flow_dir = root / "P01" / "flow_frames" / "P01_11" / name
+        write_frames_dir(flow_dir, level_frames([value] * 10))
     write_video(root / "P02_03.mp4", level_frames(range(20, 240, 20)), fps=10)  # 11 frames
     csv_path = tmp_path / "EPIC_100_validation.csv"
     csv_path.write_text(
@@ -72,9 +75,12 @@ def test_epic_csv_with_video_file_and_frames_dir(tmp_path):
     assert frames_dir.labels == {"verb": [0], "noun": [2]}
     assert frames_dir.label_strings == {"verb": ["take"], "noun": ["plate"]}
     assert frames_dir.media_id == "P01_11" and frames_dir.flow.shape == (4, 32, 48, 2)
+    np.testing.assert_allclose(frames_dir.flow.reshape(-1, 2).mean(0), [150, 100], atol=2)  # read, not computed
     video_file = examples["P02_03_5"]
     np.testing.assert_allclose(video_file.frames.mean(axis=(1, 2, 3)), range(40, 220, 20), atol=3)
     assert video_file.labels == {"verb": [1], "noun": [299]}
+    assert video_file.flow.shape == (8, 32, 48, 2)  # Farneback between the 9 frames
+    assert np.abs(video_file.flow.astype(int) - 128).max() <= 3  # flat frames: no motion
 
 
 def test_real_epic_validation_csv_validates(epic_dir):
