@@ -19,13 +19,15 @@ _LAZY = {
     "load": "mtv.loading",
     "list_models": "mtv.zoo",
     "export": "mtv.hub",
-    "predict": "mtv.predict",
+    "predict": "mtv.prediction",
 }
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip __getattr__
+        return value
     raise AttributeError(f"module 'mtv' has no attribute '{name}'")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from mtv.cli import run
 from mtv.errors import DataError
-from mtv.predict import average_views, parse_views, predict
+from mtv.prediction import average_views, parse_views, predict
 from mtv.presets import save_preset
 from tests.helpers import fixture_model
 
