@@ -13,6 +13,7 @@ import platform
 import re
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,25 +51,32 @@ def configure(threads: int = 0, inter_op: int = 0, dtype: str = "float32") -> No
     """Thread pools and Keras dtype policy; must run before any TF op."""
     import keras
 
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-    if inter_op:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    try:
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as err:  # TF already started in this process (e.g. called from a test)
+        print(f"warning: thread settings not applied: {err}", file=sys.stderr)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
 
 
 def build(config: str, batch: int, frames: int | None, size: int | None, seed: int = 0):
-    """A randomly initialised model from `config` and a random clip batch of its input shape."""
-    from mtv.configs_io import load_config
-    from mtv.models.builder import build_model
+    """A randomly initialised model from `config` and a random clip batch of its input shape.
 
-    path = REPO / config if (REPO / config).is_file() else config
-    cfg = load_config(str(path))
+    `config` is a config .py (read by mtv.configs_io.load_config), an experiment name, or a
+    Scenic-style .json; `frames` / `size` override the clip length and crop for shorter variants.
+    """
+    from mtv.models.builder import build_model
+    from mtv.models.spec import spec_from_config
+
+    path = str(REPO / config) if (REPO / config).is_file() else str(config)
     shape = None
     if frames or size:
-        crop = size or int(cfg.dataset_configs.get("crop_size", 224))
-        shape = (frames or int(cfg.dataset_configs.num_frames), crop, crop, 3)
-    model = build_model(cfg, input_shape=shape, seed=seed)
+        spec = spec_from_config(path)
+        shape = (frames or spec["num_frames"], size or spec["image_size"][0], size or spec["image_size"][1],
+                 spec["channels"])
+    model = build_model(path, input_shape=shape, seed=seed)
     clip = tf.random.stateless_uniform((batch, *model.input_frames_shape), seed=(seed, 1),
                                        minval=-1.0, maxval=1.0)
     return model, clip
@@ -151,7 +159,9 @@ class MatmulPeak:
 
 # ------------------------------------------------------------------------------------- FLOP count
 _SHAPE = re.compile(r"(pred|[subf]\d+|bf16)\[([\d,]*)\]")
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%[\w.\-]+\s*=\s*(\S+?\[[\d,]*\])\S*\s+([\w\-]+)\((.*)$")
+# `[ROOT] %name = shape opcode(operands), attributes`; a tuple shape has spaces, hence the lazy match.
+_INSTR = re.compile(r"^\s*(ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$")
+_HEAD = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s*\(")
 # Opcodes XLA's HloCostAnalysis counts as transcendental; other elementwise maths counts 1 FLOP/element.
 _TRANSCENDENTAL = {"exponential", "exponential-minus-one", "log", "log-plus-one", "tanh", "rsqrt", "sqrt",
                    "cbrt", "power", "sine", "cosine", "tan", "atan2", "logistic", "erf"}
@@ -169,45 +179,86 @@ def _prod(xs) -> int:
     return int(np.prod(xs, dtype=np.int64)) if xs else 1
 
 
+def _parse_hlo(hlo_text: str) -> tuple[dict, str | None]:
+    """Computations of an HLO module: name -> [(name, is_root, out_shape, opcode, rest)], and ENTRY's name."""
+    computations: dict[str, list] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        head = _HEAD.match(line)
+        if head:
+            current = head.group(2)
+            computations[current] = []
+            entry = current if head.group(1) else entry
+            continue
+        m = _INSTR.match(line)
+        if m and current is not None:
+            root, name, out_shape, opcode, rest = m.groups()
+            computations[current].append((name, bool(root), out_shape, opcode, rest))
+    return computations, entry
+
+
+def _operand_text(rest: str) -> str:
+    """The operand list of an instruction (what precedes its attributes)."""
+    return rest.split("),")[0] if ")," in rest else rest
+
+
+def _live(instructions: list) -> set[str]:
+    """Names the ROOT depends on: unoptimised HLO still holds dead code (e.g. input gradients
+    nobody asked for), which XLA deletes before running and so does not count."""
+    by_name = {name: rest for name, _, _, _, rest in instructions}
+    todo = [name for name, root, *_ in instructions if root]
+    live: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in live or name not in by_name:
+            continue
+        live.add(name)
+        todo.extend(re.findall(r"%([\w.\-]+)", _operand_text(by_name[name])))
+    return live
+
+
+def _instruction_cost(out_shape: str, opcode: str, rest: str, cost: dict) -> None:
+    """Adds one instruction's FLOPs to `cost`, the way XLA's HloCostAnalysis counts them."""
+    out = _prod(_dims(out_shape))
+    operands = [[int(d) for d in dims.split(",") if d] for _, dims in _SHAPE.findall(_operand_text(rest))]
+    if opcode == "dot":
+        contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+        k = _prod([operands[0][int(i)] for i in contract.group(1).split(",") if i]) if contract else 1
+        cost["dot"] += 2 * out * k
+    elif opcode == "convolution":
+        kernel = operands[1]
+        labels = re.search(r"dim_labels=\w+_(\w+)->", rest).group(1)
+        # The kernel's input-feature dim is already per group: each output element does
+        # (kernel taps x input features) multiply-adds, less the taps that land in the holes of
+        # an input dilation (transposed convolutions in gradients).
+        macs = out * (_prod(kernel) // kernel[labels.index("o")])
+        dilate = re.search(r"lhs_dilate=([\dx]+)", rest)
+        cost["convolution"] += 2 * macs // (_prod([int(d) for d in dilate.group(1).split("x")]) if dilate else 1)
+    elif opcode in _TRANSCENDENTAL:
+        cost["transcendentals"] += out
+    elif opcode in _ELEMENTWISE:
+        cost["elementwise"] += out
+    elif opcode == "reduce":
+        cost["reduce"] += _prod(operands[0]) - out
+
+
 def hlo_cost(hlo_text: str) -> dict:
     """FLOPs of an unoptimised HLO module, counted the way XLA's HloCostAnalysis does.
 
     dot / convolution: 2 x multiply-adds; elementwise: 1 per output element; reduce: 1 per input
-    element folded; exp/tanh/rsqrt/...: transcendentals. Computations that are only reducers
-    (`to_apply=`) are skipped since `reduce` already accounts for them.
+    element folded; exp/tanh/rsqrt/...: transcendentals. Dead code in the entry computation is
+    skipped, and so are reducer computations (`to_apply=`), which `reduce` already accounts for.
     """
+    computations, entry = _parse_hlo(hlo_text)
     reducers = set(re.findall(r"to_apply=%([\w.\-]+)", hlo_text))
     cost = {"dot": 0, "convolution": 0, "elementwise": 0, "reduce": 0, "transcendentals": 0}
-    skip = False
-    for line in hlo_text.splitlines():
-        head = re.match(r"^(?:ENTRY\s+)?%([\w.\-]+)\s*\(", line)
-        if head:
-            skip = head.group(1) in reducers
+    for comp, instructions in computations.items():
+        if comp in reducers:
             continue
-        m = _INSTR.match(line)
-        if skip or not m:
-            continue
-        out_shape, opcode, rest = m.groups()
-        out = _prod(_dims(out_shape))
-        operands = _SHAPE.findall(rest.split("),")[0] if ")," in rest else rest)
-        if opcode == "dot":
-            lhs = [int(d) for d in operands[0][1].split(",") if d]
-            contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
-            k = _prod([lhs[int(i)] for i in contract.group(1).split(",") if i]) if contract else 1
-            cost["dot"] += 2 * out * k
-        elif opcode == "convolution":
-            kernel = [int(d) for d in operands[1][1].split(",") if d]
-            labels = re.search(r"dim_labels=\w+_(\w+)->", rest).group(1)
-            # The kernel's input-feature dim is already per group: each output element does
-            # (kernel taps x input features) multiply-adds.
-            cost["convolution"] += 2 * out * (_prod(kernel) // kernel[labels.index("o")])
-        elif opcode in _TRANSCENDENTAL:
-            cost["transcendentals"] += out
-        elif opcode in _ELEMENTWISE:
-            cost["elementwise"] += out
-        elif opcode == "reduce":
-            inp = _prod([int(d) for d in operands[0][1].split(",") if d])
-            cost["reduce"] += inp - out
+        live = _live(instructions) if comp == entry else None
+        for name, _, out_shape, opcode, rest in instructions:
+            if live is None or name in live:
+                _instruction_cost(out_shape, opcode, rest, cost)
     cost["flops"] = cost["dot"] + cost["convolution"] + cost["elementwise"] + cost["reduce"]
     return cost
 
@@ -218,19 +269,78 @@ def xla_flops(fn: Callable, *args) -> dict:
     return hlo_cost(jitted.experimental_get_compiler_ir(*args)(stage="hlo"))
 
 
+# ------------------------------------------------------------------------------------ op profile
+# Scope-name patterns -> the part of MTV an op belongs to (first match wins).
+_PARTS = [("attention", r"MultiHeadDotProductAttention|msa_view|cross_attention_view"),
+          ("mlp", r"MlpBlock|mlp_view"), ("layernorm", r"LayerNorm|_ln_view|encoder_norm"),
+          ("embedding", r"embedding_view"), ("head", r"output_projection")]
+
+
+def op_profile(fn: Callable[[], object], runs: int = 1, top: int = 12) -> dict:
+    """Runs `fn` under the TF profiler; milliseconds per run by op type and by model part.
+
+    Times are each op's span on TF's executor threads; independent ops may run at the same time,
+    so the totals can exceed the wall time.
+    """
+    import collections
+    import glob
+    import tempfile
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    _block(fn())
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(runs):
+            _block(fn())
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(Path(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]).read_bytes())
+    by_type, by_part = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" not in name or "::" in name:  # TF ops are 'scope/name:OpType'
+                    continue
+                scope, op_type = name.rsplit(":", 1)
+                ms = event.duration_ps / 1e9 / runs
+                by_type[op_type] += ms
+                by_part[next((part for part, pat in _PARTS if re.search(pat, scope)), "other")] += ms
+    return {"op_ms_total": round(sum(by_type.values()), 1),
+            "op_ms_by_type": {k: round(v, 1) for k, v in by_type.most_common(top)},
+            "op_ms_by_part": {k: round(v, 1) for k, v in by_part.most_common()}}
+
+
 # ---------------------------------------------------------------------------------------- report
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def dtype_peak(dtype: str, n: int, repeats: int = 3) -> dict:
+    """For a non-float32 run, that dtype's own matmul peak (without bf16 hardware it is below float32's)."""
+    if dtype == "float32":
+        return {}
+    peak = MatmulPeak(n, dtype)
+    peak.sample(repeats)
+    return {f"matmul_peak_{dtype}_gflops": _sig(peak.gflops())}
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    """`x` rounded to `digits` significant digits (tiny test models have GFLOP counts like 0.0123)."""
+    return float(f"{x:.{digits}g}")
+
+
 def summarize(timing: Timing, peak: MatmulPeak | None) -> dict:
     """Timing fields of the report, and the peak RSS reached so far (call it before the FLOP count)."""
-    out = {"median_s": round(timing.median_wall, 3), "times_s": [round(t, 3) for t in timing.wall],
-           "median_cpu_s": round(timing.median_cpu, 3), "peak_rss_mb": round(peak_rss_mb())}
+    out = {"median_s": _sig(timing.median_wall), "times_s": [_sig(t) for t in timing.wall],
+           "median_cpu_s": _sig(timing.median_cpu), "peak_rss_mb": round(peak_rss_mb())}
     if peak is not None:
-        out["matmul_peak_gflops"] = round(peak.gflops(), 1)
-        out["matmul_gflop_per_cpu_s"] = round(peak.gflops_per_cpu_s(), 1)
+        out["matmul_peak_gflops"] = _sig(peak.gflops())
+        out["matmul_gflop_per_cpu_s"] = _sig(peak.gflops_per_cpu_s())
     return out
 
 
@@ -238,13 +348,13 @@ def flop_summary(fn: Callable, args: tuple, timing: Timing, peak: MatmulPeak | N
     """Counted GFLOP of `fn(*args)` and the achieved fraction of the matmul peak, wall and per CPU-second."""
     cost = xla_flops(fn, *args)
     gflop = cost["flops"] / 1e9
-    out = {"gflop": round(gflop, 1), "gflop_dot_conv": round((cost["dot"] + cost["convolution"]) / 1e9, 1),
+    out = {"gflop": _sig(gflop), "gflop_dot_conv": _sig((cost["dot"] + cost["convolution"]) / 1e9),
            "transcendentals": cost["transcendentals"],
-           "achieved_gflops": round(gflop / timing.median_wall, 1),
-           "achieved_gflop_per_cpu_s": round(gflop / timing.median_cpu, 1)}
+           "achieved_gflops": _sig(gflop / timing.median_wall),
+           "achieved_gflop_per_cpu_s": _sig(gflop / timing.median_cpu)}
     if peak is not None:
-        out["fraction_of_peak"] = round(out["achieved_gflops"] / peak.gflops(), 3)
-        out["fraction_of_peak_cpu"] = round(out["achieved_gflop_per_cpu_s"] / peak.gflops_per_cpu_s(), 3)
+        out["fraction_of_peak"] = _sig(gflop / timing.median_wall / peak.gflops(), 3)
+        out["fraction_of_peak_cpu"] = _sig(gflop / timing.median_cpu / peak.gflops_per_cpu_s(), 3)
     return out
 
 

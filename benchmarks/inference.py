@@ -3,7 +3,7 @@
     python3 benchmarks/inference.py                       # MTV-B K400, 1 x 32 x 224 x 224, float32
     python3 benchmarks/inference.py --dtype bfloat16 --xla --runs 3
     python3 benchmarks/inference.py --frames 8 --size 112 # a short variant for a quick look
-    python3 benchmarks/inference.py --profile             # also time each stage of the model alone
+    python3 benchmarks/inference.py --profile             # also time each stage alone + TF profiler
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def stage_profile(model, clip, runs: int, xla: bool = False) -> dict:
                 tokens[i] = add(f"encoder_view{i}", block, tokens[i])
     add("global_encoder_and_head",
         lambda *xs: model.output_projection(model.global_encode(list(xs))), *tokens)
-    return {k: {"cpu_s": round(c, 3), "gflop": round(g, 1), "gflop_per_cpu_s": round(g / c, 1)}
+    return {k: {"cpu_s": common._sig(c), "gflop": common._sig(g), "gflop_per_cpu_s": common._sig(g / c)}
             for k, (c, g) in stages.items()}
 
 
@@ -70,10 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"benchmark": "inference", "config": args.config, "input_shape": list(clip.shape),
               "dtype": args.dtype, "xla": args.xla, "params": model.count_params()}
     record.update(common.summarize(timing, peak))
+    if peak is not None:
+        record.update(common.dtype_peak(args.dtype, args.peak_n))
     if not args.no_flops:
         record.update(common.flop_summary(lambda x: model(x, training=False), (clip,), timing, peak))
     if args.profile:
         record["stages"] = stage_profile(model, clip, args.runs, args.xla)
+        if not args.xla:  # XLA runs a cluster as one op, so there is nothing to break down
+            record["ops"] = common.op_profile(lambda: forward(clip), runs=1)
     record.update(common.machine())
     record["threads"] = {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
                          "inter": tf.config.threading.get_inter_op_parallelism_threads()}

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"benchmark": "train_step", "config": args.config, "input_shape": list(clip.shape),
               "dtype": args.dtype, "xla": args.xla, "params": model.count_params(), "optimizer": "sgd_momentum"}
     record.update(common.summarize(timing, peak))
+    if peak is not None:
+        record.update(common.dtype_peak(args.dtype, args.peak_n))
     if not args.no_flops:
         record.update(common.flop_summary(loss_and_grads, (clip, labels), timing, peak))
     record.update(common.machine())

@@ -251,7 +251,8 @@ def write(result: EvalResult, path: str | os.PathLike) -> Path:
     """Writes the per-example scores (keyed by id) with `mtv.results.write_results`."""
     from mtv.results import write_results
 
-    return write_results(path, result.ids, result.outputs, score_kind=result.score_kind)
+    expected = {head: scores.shape[1] for head, scores in result.outputs.items()}  # this model's class counts
+    return write_results(path, result.ids, result.outputs, score_kind=result.score_kind, expected=expected)
 
 
 def format_metrics(result: EvalResult) -> str:

@@ -33,6 +33,8 @@ DATASETS: dict[str, tuple[str, str | None, int]] = {
     "ssv2": ("Something-Something v2", "ssv2.txt", 174),
     # Not shipped: the EPIC-KITCHENS annotations are CC BY-NC 4.0 (see class_names).
     "epic_kitchens_100": ("EPIC-KITCHENS-100", None, 397),
+    # Our own generated task (mtv.synthetic) for the embedded default model.
+    "camera_motion": ("Synthetic camera motion", "camera_motion.txt", 13),
 }
 _DATASET_ALIASES = {
     "k400": "kinetics400", "k600": "kinetics600", "k700": "kinetics700",

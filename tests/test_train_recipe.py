@@ -190,8 +190,8 @@ def test_init_from_vit_checkpoints(tmp_path, size_change):
     vit1 = _vit_params(rng, 24, 3, patch=8, grid=4, heads=3, mlp=48)
     linen = convert_pre_linen(vit1)
     flax_msgpack.write_checkpoint(tmp_path / "checkpoint_7", flax_msgpack.unflatten(linen), step=7)
-    init_from_vit(model, [tmp_path / "vit0.npz", tmp_path / "checkpoint_7"], checkpoint_formats=["big_vision", "scenic"],
-                  positional_embed_size_change=size_change)
+    init_from_vit(model, [tmp_path / "vit0.npz", tmp_path / "checkpoint_7"],
+                  checkpoint_formats=["big_vision", "scenic"], positional_embed_size_change=size_change)
     p = {k: v.numpy() for k, v in model.flax_params().items()}
     k0 = p["embedding_view0/kernel"]  # (t=4, 8, 8, 3, 16): ViT kernel, resized, in temporal slice 4 // 2
     assert np.all(k0[[0, 1, 3]] == 0)
@@ -214,7 +214,8 @@ def test_init_from_vit_checkpoints(tmp_path, size_change):
     np.testing.assert_allclose(p["MultiviewEncoder/encoderblock_0_view0/MlpBlock_0/Dense_0/kernel"],
                                vit0["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"], rtol=1e-6)
     np.testing.assert_allclose(p["MultiviewEncoder/cross_view_encoderblock_1/msa_view1/query/kernel"],
-                               vit1["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel"], rtol=1e-6)
+                               vit1["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel"],
+                               rtol=1e-6)
     np.testing.assert_allclose(p["MultiviewEncoder/cross_view_encoderblock_1/mlp_ln_view0/scale"],
                                vit0["Transformer/encoderblock_1/LayerNorm_2/scale"], rtol=1e-6)
     # Not restored: cross-view attention, the global encoder, the head.

@@ -47,8 +47,19 @@ def test_registry_path_is_the_repo_zoo_file():
     assert zoo.registry_path() == REPO / "zoo" / "models.json"
 
 
+EMBEDDED = ["camera-motion"]
+
+
 def test_registry_lists_the_eight_released_checkpoints():
-    assert zoo.list_models() == list(PUBLISHED)
+    assert zoo.list_models() == list(PUBLISHED) + EMBEDDED
+
+
+def test_embedded_default_is_registered_and_shipped():
+    e = zoo.get_entry("camera-motion")
+    assert e["kind"] == "embedded" and e["num_classes"] == 13
+    path = zoo.embedded_path(e)
+    assert (path / "model.weights.h5").stat().st_size < 5_000_000
+    assert zoo.class_names("camera-motion") == json.loads((path / "metadata.json").read_text())["class_names"]
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
@@ -309,8 +320,10 @@ def test_committed_readme_is_up_to_date():
 
 def test_table_has_one_row_per_entry():
     rows = zoo.render_table().strip().splitlines()
-    assert len(rows) == 2 + len(PUBLISHED)
+    assert len(rows) == 2 + len(PUBLISHED) + len(EMBEDDED)
     columns = rows[0].count("|")
+    assert rows[-1].startswith("| `camera-motion` |") and rows[-1].count("|") == columns
+    rows = rows[:-1]
     for row, name in zip(rows[2:], PUBLISHED, strict=True):
         assert row.startswith(f"| `{name}` |") and row.count("|") == columns
         assert SCENIC_BUCKET + PUBLISHED[name][0] in row
@@ -339,7 +352,7 @@ def test_cli_list(capsys):
         assert name in out
     assert run(["zoo", "list", "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)
-    assert [e["name"] for e in entries] == list(PUBLISHED)
+    assert [e["name"] for e in entries] == list(PUBLISHED) + EMBEDDED
 
 
 def test_cli_info(capsys):

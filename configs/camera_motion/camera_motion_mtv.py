@@ -1,14 +1,15 @@
 """A tiny two-view MTV trained on the generated camera-motion data: the package's embedded default model.
 
 16 frames of 64x64; view 0 = tubelet 16x16x4 (width 48), view 1 = 16x16x2 (width 32, finer in time);
-cross-view attention at layer 1; a 2-layer global encoder. About 0.2 M parameters.
-Retrain (about 40 minutes on 2 CPU cores) and refresh the shipped preset with:
+cross-view attention at layer 1; a 2-layer global encoder. 0.37 M parameters (a 1.7 MB preset).
+2400 steps of 32 clips; retrain (about 35 minutes on 2 busy CPU cores) and refresh the shipped preset with:
 
   mtv train --config=configs/camera_motion/camera_motion_mtv.py --workdir=/tmp/camera_motion \
       --export_preset=mtv/embedded/camera-motion --videos=../shared/data/videos
 
 The data are rendered on the fly from the videos given by --videos (every video but the held-out
 'flipping_pancake', which is used for the held-out accuracy), or from procedural textures without it.
+Re-running the command on a finished workdir only re-evaluates and re-exports the preset.
 """
 
 import ml_collections
@@ -64,17 +65,17 @@ def get_config(runlocal: str = "") -> ml_collections.ConfigDict:
     config.trainer_name = "mtv_trainer"
     config.optimizer = "momentum"
     config.optimizer_configs = ml_collections.ConfigDict({"momentum": 0.9})
-    config.l2_decay_factor = 0
-    config.max_grad_norm = 1
+    config.l2_decay_factor = 0.0
+    config.max_grad_norm = 1.0
     config.label_smoothing = 0.1
-    config.num_training_steps = 6000
+    config.num_training_steps = 2400
     config.batch_size = 32
     config.rng_seed = 0
     config.lr_configs = ml_collections.ConfigDict()
     config.lr_configs.learning_rate_schedule = "compound"
     config.lr_configs.factors = "constant * cosine_decay * linear_warmup"
-    config.lr_configs.warmup_steps = 300
-    config.lr_configs.steps_per_cycle = 6000
+    config.lr_configs.warmup_steps = 150
+    config.lr_configs.steps_per_cycle = 2400
     config.lr_configs.base_learning_rate = 0.1
     config.checkpoint_steps = 250
     config.log_eval_steps = 1000

@@ -6,11 +6,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from mtv.evaluate import VIEW_RULES
+from mtv.training.cli_flags import ConfigFlagValues
 
 HELP = "multi-view evaluation (clips x crops) of a checkpoint or zoo model; prints top-1/top-5, writes scores"
-FLAGS = flags.FlagValues()
+FLAGS = ConfigFlagValues()
 config_flags.DEFINE_config_file("config", None, "experiment config (model and test-time preprocessing)",
-                                flag_values=FLAGS, lock_config=False)
+                                flag_values=FLAGS, lock_config=False,
+                                sys_argv=FLAGS.argv)
 flags.DEFINE_string("checkpoint", None, "training checkpoint, run workdir, preset dir or Scenic checkpoint",
                     flag_values=FLAGS)
 flags.DEFINE_string("model", None, "zoo name, preset dir or hub handle (instead of --checkpoint)", flag_values=FLAGS)

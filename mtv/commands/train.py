@@ -5,12 +5,14 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
+from mtv.training.cli_flags import ConfigFlagValues
 from mtv.training.strategy import STRATEGIES
 
 HELP = "train or fine-tune an MTV from a Scenic-style config (resumes from the workdir's last checkpoint)"
-FLAGS = flags.FlagValues()
+FLAGS = ConfigFlagValues()
 config_flags.DEFINE_config_file("config", None, "experiment config file (fields can be overridden, e.g. "
-                                "--config.batch_size=4)", flag_values=FLAGS, lock_config=False)
+                                "--config.batch_size=4)", flag_values=FLAGS, lock_config=False,
+                                sys_argv=FLAGS.argv)
 flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics.jsonl, tensorboard/", flag_values=FLAGS)
 flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy ('multi_worker' reads "
                   "TF_CONFIG; 'tpu' needs --tpu)", flag_values=FLAGS)
@@ -43,8 +45,10 @@ def main(argv: list[str]) -> int:
         strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     from mtv.train import train
 
+    command = "mtv train " + " ".join(a for a in FLAGS.argv[1:] if not a.startswith("--verbose"))
     result = train(FLAGS.config, FLAGS.workdir, strategy=strategy, videos=FLAGS.videos,
-                   export_preset=FLAGS.export_preset, verbose=FLAGS.verbose)
+                   export_preset=FLAGS.export_preset, preset_metadata={"retrain_command": command},
+                   verbose=FLAGS.verbose)
     print(f"step {result.step}/{result.total_steps} (started at {result.start_step}); workdir {result.workdir}")
     for key, value in result.eval.items():
         print(f"held-out {key}: {value:.2f}")

@@ -55,6 +55,25 @@ class TrainingModel(keras.Model):
         self.accuracies = [keras.metrics.Mean(name=f"{h}_accuracy" if len(heads) > 1 else "accuracy")
                            for h in self.heads]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras reduces a data batch across replicas to build the model symbolically, which fails under
+        # MultiWorkerMirroredStrategy. Once the model has been called (see `build_now`), no data is needed.
+        if not all(layer.built for layer in self._flatten_layers()):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=None)
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages multi-worker logs with reduce(axis=0), which needs at least one dimension.
+            logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
+
+    def build_now(self) -> None:
+        """Creates every variable by one call on a zero clip (inside the strategy scope)."""
+        self(ops.zeros((1, *self.model.input_frames_shape)), training=False)
+
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
 

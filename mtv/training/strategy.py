@@ -29,9 +29,16 @@ def make_strategy(name: str = "default", *, devices: list[str] | None = None, tp
             raise ConfigError("strategy 'multi_worker' needs the TF_CONFIG environment variable (cluster and task)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        if tpu in ("", "local") and not tf.config.list_physical_devices("TPU"):
+            raise ConfigError("strategy 'tpu': this machine has no local TPU; pass --tpu=NAME or grpc://ADDRESS "
+                              "of a TPU worker")
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except Exception as e:  # TF raises several types when there is no TPU
+            raise ConfigError(f"strategy 'tpu': cannot reach a TPU at {tpu or '(local)'!r}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         return tf.distribute.TPUStrategy(resolver)
     raise ConfigError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
 

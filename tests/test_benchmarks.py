@@ -1,0 +1,87 @@
+"""The benchmark helpers: the HLO FLOP counter against hand counts, and both scripts end to end, tiny."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import common, inference, train_step
+from mtv.layers.encoder_block import EncoderBlock
+
+FIXTURE = "fixtures/scenic_mtv/cva_2view/config.json"
+
+
+def test_counts_matmul_bias_and_tanh():
+    m, k, n = 6, 10, 4
+    w, b = tf.ones((k, n)), tf.ones((n,))
+    cost = common.xla_flops(lambda x: tf.tanh(tf.matmul(x, w) + b), tf.ones((m, k)))
+    assert cost["dot"] == 2 * m * n * k
+    assert cost["elementwise"] == m * n  # the bias add
+    assert cost["transcendentals"] == m * n
+    assert cost["flops"] == 2 * m * n * k + m * n
+
+
+def test_counts_batched_dot_and_reduce():
+    a, b = tf.ones((3, 5, 7)), tf.ones((3, 7, 2))
+    cost = common.xla_flops(lambda a, b: tf.reduce_sum(tf.matmul(a, b), axis=-1), a, b)
+    assert cost["dot"] == 2 * 3 * 5 * 2 * 7
+    assert cost["reduce"] == 3 * 5 * (2 - 1)
+
+
+def test_counts_strided_conv3d_as_tubelet_matmul():
+    x = tf.ones((1, 4, 8, 8, 3))
+    kernel = tf.ones((2, 4, 4, 3, 5))  # (t, h, w, in, out), stride = kernel: a tubelet embedding
+    cost = common.xla_flops(lambda x: tf.nn.conv3d(x, kernel, strides=(1, 2, 4, 4, 1), padding="VALID"), x)
+    out_elements = 2 * 2 * 2 * 5
+    assert cost["convolution"] == 2 * out_elements * (2 * 4 * 4 * 3)
+
+
+def test_encoder_block_flops_match_the_transformer_formula():
+    batch_time, length, width, heads = 2, 9, 16, 4
+    block = EncoderBlock(heads, 4 * width)
+    block.build((1, batch_time, length, width))
+    cost = common.xla_flops(lambda x: block(x), tf.ones((1, batch_time, length, width)))
+    tokens = batch_time * length
+    # q, k, v, out projections (4 d^2) and the MLP (2 x 4 d^2) per token; QK^T and AV per step.
+    expected = 2 * tokens * 12 * width ** 2 + 4 * batch_time * length ** 2 * width
+    assert cost["dot"] == expected
+
+
+def test_inference_reports_one_json_line(shared_dir, capsys):
+    record = inference.main(["--config", str(shared_dir / FIXTURE), "--runs", "2", "--peak-n", "64"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(line) == record
+    assert record["input_shape"] == [1, 8, 32, 32, 3]
+    assert len(record["times_s"]) == 2 and record["median_s"] > 0
+    for key in ("gflop", "achieved_gflops", "matmul_peak_gflops", "fraction_of_peak", "peak_rss_mb"):
+        assert record[key] > 0, key
+    assert record["gflop"] >= record["gflop_dot_conv"] > 0
+    assert record["fraction_of_peak"] == pytest.approx(record["achieved_gflops"] / record["matmul_peak_gflops"],
+                                                       rel=0.01)
+
+
+def test_inference_short_variant_and_profile(shared_dir, capsys):
+    record = inference.main(["--config", str(shared_dir / FIXTURE), "--frames", "4", "--size", "16",
+                             "--batch", "2", "--runs", "1", "--no-peak", "--profile"])
+    assert record["input_shape"] == [2, 4, 16, 16, 3]
+    assert "fraction_of_peak" not in record
+    stages = record["stages"]
+    assert {"embedding", "encoder_view0", "encoder_view1", "cross_view_blocks",
+            "global_encoder_and_head"} <= set(stages)
+    # The stages are the whole forward pass, so their FLOPs add up to the model's (rounding aside).
+    assert sum(s["gflop"] for s in stages.values()) == pytest.approx(record["gflop"], rel=0.01)
+    ops = record["ops"]
+    assert ops["op_ms_total"] > 0 and {"attention", "mlp", "layernorm"} <= set(ops["op_ms_by_part"])
+    assert any("MatMul" in op_type for op_type in ops["op_ms_by_type"])
+
+
+def test_train_step_reports_forward_plus_backward(shared_dir):
+    tiny = ["--config", str(shared_dir / FIXTURE), "--frames", "4", "--size", "16", "--runs", "1"]
+    record = train_step.main(tiny + ["--peak-n", "64"])
+    assert record["benchmark"] == "train_step" and record["optimizer"] == "sgd_momentum"
+    assert record["input_shape"] == [1, 4, 16, 16, 3]
+    assert np.isfinite(record["median_s"]) and record["peak_rss_mb"] > 0 and record["fraction_of_peak"] > 0
+    # Backward costs about twice the forward, so a step counts 2-4x the forward alone.
+    forward = inference.main(tiny + ["--no-peak"])
+    assert 2.0 * forward["gflop"] < record["gflop"] < 4.0 * forward["gflop"]
