@@ -21,6 +21,7 @@ from typing import BinaryIO
 from absl import logging
 
 from mtv.errors import DownloadError, MTVError
+from mtv.fileio import atomic_write_text
 
 CACHE_ENV = "MTV_CACHE_DIR"
 HASHES_FILE = "hashes.json"
@@ -60,19 +61,6 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _hashes_path() -> Path:
     return cache_dir() / HASHES_FILE
 
@@ -101,7 +89,7 @@ def _record_sha256(url: str, digest: str) -> None:
         hashes = _read_hashes()
         if hashes.get(url) != digest:
             hashes[url] = digest
-            _atomic_write_text(path, json.dumps(hashes, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(path, json.dumps(hashes, indent=2, sort_keys=True) + "\n")
 
 
 def _normalise_sha(sha256: str | None) -> str | None:
@@ -155,7 +143,7 @@ def _stamp_path(target: Path) -> Path:
 def _write_stamp(target: Path, digest: str) -> None:
     st = target.stat()
     stamp = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    _atomic_write_text(_stamp_path(target), json.dumps(stamp) + "\n")
+    atomic_write_text(_stamp_path(target), json.dumps(stamp) + "\n")
 
 
 def _cached_digest(target: Path) -> str:

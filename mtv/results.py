@@ -19,17 +19,16 @@ code, so `.pkl` files are only read when the caller opts in.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pickle
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from mtv.errors import ResultsError
+from mtv.fileio import atomic_path
 
 SCORE_KINDS = ("logits", "probabilities")
 # Epic-Kitchens-100 class counts (EPIC_100_verb_classes.csv / EPIC_100_noun_classes.csv).
@@ -135,22 +134,6 @@ def validate(
             raise ResultsError(f"{where}: '{name}' has negative values but score_kind is 'probabilities'")
         clean[head] = scores
     return Results(ids=ids, outputs=clean, score_kind=score_kind, source=source)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; on success it is renamed to `path`, on error deleted."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are ordinary shareable files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _arrays(results: Results) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import msgpack
 import numpy as np
 
 from mtv.errors import CheckpointError
+from mtv.fileio import atomic_path
 
 EXT_NDARRAY = 1
 EXT_NATIVE_COMPLEX = 2
@@ -318,19 +318,10 @@ def write_state(path: str | os.PathLike, state: dict) -> None:
         raise CheckpointError(f"{path}: the state to write must be a dict, got {type(state).__name__}")
     tree = _to_state_dict(state, "")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory so os.replace is a rename; the leading dot keeps it out of checkpoint_* listings.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            # strict_types as in Flax: tuples never reach here (made into maps) and subclasses go to default.
-            packer = msgpack.Packer(default=_ext_default, strict_types=True, use_bin_type=True)
-            _pack_into(fp, packer, tree, "")
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fp:
+        # strict_types as in Flax: tuples never reach here (made into maps) and subclasses go to default.
+        packer = msgpack.Packer(default=_ext_default, strict_types=True, use_bin_type=True)
+        _pack_into(fp, packer, tree, "")
 
 
 LAYOUTS = ("optax", "flax_optim")

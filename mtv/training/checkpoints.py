@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from absl import logging
 
 from mtv.errors import CheckpointError
+from mtv.fileio import atomic_path
 
 PATTERN = re.compile(r"ckpt_(\d+)\.npz$")
 
@@ -61,16 +61,8 @@ def save_checkpoint(workdir: str | os.PathLike, step: int, model, optimizer=None
     info = {"step": int(step), "optimizer": [[v.path, list(v.shape)] for v in opt_vars], **(meta or {})}
     arrays["meta"] = np.asarray(json.dumps(info, default=str))
     path = folder / f"ckpt_{int(step):08d}.npz"
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt_", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     for _, old in list_checkpoints(workdir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     logging.info("saved checkpoint %s", path)
