@@ -89,11 +89,15 @@ class MTV(keras.Model):
             return (None, grid[0] * grid[1], length, width)
         return (None, length + (1 if token else 0), width)
 
+    def _view_input_shape(self, view: int, input_shape) -> tuple:
+        """The input shape view `view` embeds (every view of MTV sees the same frames)."""
+        return tuple(input_shape)
+
     def build(self, input_shape):
         s, geo = self.spec, self.geometry
         token_shapes = []
         for i, (v, g) in enumerate(zip(s["views"], geo["views"], strict=True)):
-            self.embeddings[i].build(tuple(input_shape))
+            self.embeddings[i].build(self._view_input_shape(i, input_shape))
             if s["classifier"] == "token":
                 setattr(self, f"cls_view{i}", self.add_weight(
                     name=f"cls_view{i}", shape=(1, g["temporal_tokens"], 1, v["hidden_size"]),

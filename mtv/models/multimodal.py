@@ -46,6 +46,7 @@ class MultimodalMTV(keras.Model):
     _global_input_shape = MTV._global_input_shape
     global_encode = MTV.global_encode
     flax_params = MTV.flax_params
+    build = MTV.build
 
     def __init__(self, spec: dict, **kwargs):
         kwargs.setdefault("name", "multimodal_mtv")
@@ -95,35 +96,9 @@ class MultimodalMTV(keras.Model):
         """Modality -> indices of its views (the `i` of `embedding_view{i}` and friends)."""
         return stream_views(self.spec)
 
-    def build(self, input_shape):
-        s, geo = self.spec, self.geometry
-        token_shapes = []
-        for i, (v, g) in enumerate(zip(s["views"], geo["views"], strict=True)):
-            self.embeddings[i].build(tuple(input_shape[v["modality"]]))
-            if s["classifier"] == "token":
-                setattr(self, f"cls_view{i}", self.add_weight(
-                    name=f"cls_view{i}", shape=(1, g["temporal_tokens"], 1, v["hidden_size"]),
-                    initializer="zeros"))
-            token_shapes.append((None, geo["aligned_time"], g["frames_per_step"] * g["tokens_per_frame"],
-                                 v["hidden_size"]))
-        self.bottleneck = None
-        fusion = s["cross_view_fusion"]
-        if fusion and fusion["type"] == "bottleneck":
-            self.bottleneck = self.add_weight(
-                name="bottleneck", shape=(1, geo["aligned_time"], fusion["bottleneck_tokens"],
-                                          self.encoder.bottleneck_width()),
-                initializer=keras.initializers.RandomNormal(stddev=0.02))
-        self.encoder.build(token_shapes)
-        for i, lin in enumerate(self.global_linear):
-            lin.build((None, s["views"][i]["hidden_size"]))
-        self.cls_global = None
-        if s["classifier"] == "token":
-            self.cls_global = self.add_weight(name="cls_global", shape=(1, 1, self.global_width()),
-                                              initializer="zeros")
-        self.global_encoder.build(self._global_input_shape())
-        if self.output_projection is not None:
-            self.output_projection.build((None, self.global_width()))
-        self.built = True
+    def _view_input_shape(self, view: int, input_shape) -> tuple:
+        """Each view embeds its own modality's input."""
+        return tuple(input_shape[self.spec["views"][view]["modality"]])
 
     def _check_inputs(self, inputs) -> dict:
         """The input dict, checked: keys are exactly the configured modalities, shapes fit them."""
