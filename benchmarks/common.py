@@ -102,10 +102,12 @@ class Timing:
 
     @property
     def median_wall(self) -> float:
+        """Median wall seconds."""
         return statistics.median(self.wall)
 
     @property
     def median_cpu(self) -> float:
+        """Median process-CPU seconds (all threads)."""
         return statistics.median(self.cpu)
 
 
@@ -146,6 +148,7 @@ class MatmulPeak:
 
     @property
     def flop(self) -> int:
+        """FLOPs of one matmul (multiply and add counted apart, as XLA does)."""
         return 2 * self.n ** 3
 
     def gflops(self) -> float:
@@ -326,21 +329,21 @@ def dtype_peak(dtype: str, n: int, repeats: int = 3) -> dict:
         return {}
     peak = MatmulPeak(n, dtype)
     peak.sample(repeats)
-    return {f"matmul_peak_{dtype}_gflops": _sig(peak.gflops())}
+    return {f"matmul_peak_{dtype}_gflops": sig(peak.gflops())}
 
 
-def _sig(x: float, digits: int = 4) -> float:
+def sig(x: float, digits: int = 4) -> float:
     """`x` rounded to `digits` significant digits (tiny test models have GFLOP counts like 0.0123)."""
     return float(f"{x:.{digits}g}")
 
 
 def summarize(timing: Timing, peak: MatmulPeak | None) -> dict:
     """Timing fields of the report, and the peak RSS reached so far (call it before the FLOP count)."""
-    out = {"median_s": _sig(timing.median_wall), "times_s": [_sig(t) for t in timing.wall],
-           "median_cpu_s": _sig(timing.median_cpu), "peak_rss_mb": round(peak_rss_mb())}
+    out = {"median_s": sig(timing.median_wall), "times_s": [sig(t) for t in timing.wall],
+           "median_cpu_s": sig(timing.median_cpu), "peak_rss_mb": round(peak_rss_mb())}
     if peak is not None:
-        out["matmul_peak_gflops"] = _sig(peak.gflops())
-        out["matmul_gflop_per_cpu_s"] = _sig(peak.gflops_per_cpu_s())
+        out["matmul_peak_gflops"] = sig(peak.gflops())
+        out["matmul_gflop_per_cpu_s"] = sig(peak.gflops_per_cpu_s())
     return out
 
 
@@ -348,13 +351,13 @@ def flop_summary(fn: Callable, args: tuple, timing: Timing, peak: MatmulPeak | N
     """Counted GFLOP of `fn(*args)` and the achieved fraction of the matmul peak, wall and per CPU-second."""
     cost = xla_flops(fn, *args)
     gflop = cost["flops"] / 1e9
-    out = {"gflop": _sig(gflop), "gflop_dot_conv": _sig((cost["dot"] + cost["convolution"]) / 1e9),
+    out = {"gflop": sig(gflop), "gflop_dot_conv": sig((cost["dot"] + cost["convolution"]) / 1e9),
            "transcendentals": cost["transcendentals"],
-           "achieved_gflops": _sig(gflop / timing.median_wall),
-           "achieved_gflop_per_cpu_s": _sig(gflop / timing.median_cpu)}
+           "achieved_gflops": sig(gflop / timing.median_wall),
+           "achieved_gflop_per_cpu_s": sig(gflop / timing.median_cpu)}
     if peak is not None:
-        out["fraction_of_peak"] = _sig(gflop / timing.median_wall / peak.gflops(), 3)
-        out["fraction_of_peak_cpu"] = _sig(gflop / timing.median_cpu / peak.gflops_per_cpu_s(), 3)
+        out["fraction_of_peak"] = sig(gflop / timing.median_wall / peak.gflops(), 3)
+        out["fraction_of_peak_cpu"] = sig(gflop / timing.median_cpu / peak.gflops_per_cpu_s(), 3)
     return out
 
 

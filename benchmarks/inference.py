@@ -50,7 +50,7 @@ def stage_profile(model, clip, runs: int, xla: bool = False) -> dict:
                 tokens[i] = add(f"encoder_view{i}", block, tokens[i])
     add("global_encoder_and_head",
         lambda *xs: model.output_projection(model.global_encode(list(xs))), *tokens)
-    return {k: {"cpu_s": common._sig(c), "gflop": common._sig(g), "gflop_per_cpu_s": common._sig(g / c)}
+    return {k: {"cpu_s": common.sig(c), "gflop": common.sig(g), "gflop_per_cpu_s": common.sig(g / c)}
             for k, (c, g) in stages.items()}
 
 

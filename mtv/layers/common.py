@@ -81,10 +81,15 @@ class MlpBlock(keras.layers.Layer):
         self.dense_1.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
     def call(self, x, training=False):
-        y = gelu_tanh(self.dense_0(x))
+        # On 2-D input TF's graph optimiser fuses matmul + bias + GELU into one oneDNN op; on N-D
+        # input Keras' tensordot reshape sits between them and GELU runs as ~8 separate passes
+        # (about 10% of MTV-B's forward time on CPU).
+        shape = ops.shape(x)
+        y = ops.reshape(x, (-1, x.shape[-1]))
+        y = gelu_tanh(self.dense_0(y))
         y = self.dropout(y, training=training)
-        y = self.dense_1(y)
-        return self.dropout(y, training=training)
+        y = self.dropout(self.dense_1(y), training=training)
+        return ops.reshape(y, shape)
 
     def flax_params(self) -> dict:
         return {**prefixed("Dense_0", flax_dense(self.dense_0)), **prefixed("Dense_1", flax_dense(self.dense_1))}
