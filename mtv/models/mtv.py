@@ -37,17 +37,22 @@ class MTV(keras.Model):
         super().__init__(**kwargs)
         self.spec = copy.deepcopy(spec)
         self.geometry = derive(self.spec)
-        s, geo = self.spec, self.geometry
-        views = []
-        for v, g in zip(s["views"], geo["views"], strict=True):
-            views.append({**{k: v[k] for k in ("hidden_size", "num_heads", "mlp_dim", "num_layers")},
-                          "tokens_per_frame": g["tokens_per_frame"], "frames_per_step": g["frames_per_step"]})
+        s = self.spec
         self.embeddings = [
             keras.layers.Conv3D(v["hidden_size"], kernel_size=(v["patch_size"][2], v["patch_size"][0],
                                                                 v["patch_size"][1]),
                                 strides=(v["patch_size"][2], v["patch_size"][0], v["patch_size"][1]),
                                 padding="valid", name=f"embedding_view{i}")
             for i, v in enumerate(s["views"])]
+        self._make_encoders_and_head()
+        self.build((None, s["num_frames"], *s["image_size"], s["channels"]))
+
+    def _make_encoders_and_head(self) -> None:
+        """The multiview encoder, global encoder (with its time-merge projections) and head of the spec."""
+        s, geo = self.spec, self.geometry
+        views = [{**{k: v[k] for k in ("hidden_size", "num_heads", "mlp_dim", "num_layers")},
+                  "tokens_per_frame": g["tokens_per_frame"], "frames_per_step": g["frames_per_step"]}
+                 for v, g in zip(s["views"], geo["views"], strict=True)]
         rates = dict(dropout_rate=s["dropout_rate"], attention_dropout_rate=s["attention_dropout_rate"],
                      stochastic_depth=s["stochastic_depth"])
         self.encoder = MultiviewEncoder(views, s["cross_view_fusion"], name="MultiviewEncoder", **rates)
@@ -62,7 +67,6 @@ class MTV(keras.Model):
         if s["final_endpoint"] == "logits":
             self.output_projection = keras.layers.Dense(s["num_classes"], kernel_initializer="zeros",
                                                         name="output_projection")
-        self.build((None, s["num_frames"], *s["image_size"], s["channels"]))
 
     # ----------------------------------------------------------------------------------- shapes
     @property

@@ -15,8 +15,6 @@ import keras
 from keras import ops
 
 from mtv.errors import ShapeError
-from mtv.layers.global_encoder import GlobalEncoder
-from mtv.layers.multiview_encoder import MultiviewEncoder
 from mtv.layers.patch_embedding import spectrogram_embedding, tubelet_embedding
 from mtv.models.mtv import MTV, pool_tokens
 from mtv.models.multimodal_spec import (
@@ -47,36 +45,20 @@ class MultimodalMTV(keras.Model):
     global_encode = MTV.global_encode
     flax_params = MTV.flax_params
     build = MTV.build
+    _make_encoders_and_head = MTV._make_encoders_and_head
 
     def __init__(self, spec: dict, **kwargs):
         kwargs.setdefault("name", "multimodal_mtv")
         super().__init__(**kwargs)
         self.spec = copy.deepcopy(spec)
         self.geometry = derive_multimodal(self.spec)
-        s, geo = self.spec, self.geometry
+        s = self.spec
         self.modalities = [m for m in MODALITIES if m in s["modalities"]]
-        views = []
-        for v, g in zip(s["views"], geo["views"], strict=True):
-            views.append({**{k: v[k] for k in ("hidden_size", "num_heads", "mlp_dim", "num_layers")},
-                          "tokens_per_frame": g["tokens_per_frame"], "frames_per_step": g["frames_per_step"]})
         self.embeddings = [
             (spectrogram_embedding if v["modality"] == "audio" else tubelet_embedding)(
                 v["hidden_size"], v["patch_size"], name=f"embedding_view{i}")
             for i, v in enumerate(s["views"])]
-        rates = dict(dropout_rate=s["dropout_rate"], attention_dropout_rate=s["attention_dropout_rate"],
-                     stochastic_depth=s["stochastic_depth"])
-        self.encoder = MultiviewEncoder(views, s["cross_view_fusion"], name="MultiviewEncoder", **rates)
-        g = s["global_encoder"]
-        self.global_encoder = GlobalEncoder(g["num_layers"], g["num_heads"], g["mlp_dim"],
-                                            name="global_encoder", **rates)
-        self.global_linear = []
-        if g["merge_axis"] == "time":
-            self.global_linear = [keras.layers.Dense(g["hidden_size"], name=f"global_encoder_linear_view{i}")
-                                  for i in range(len(s["views"]))]
-        self.output_projection = None
-        if s["final_endpoint"] == "logits":
-            self.output_projection = keras.layers.Dense(s["num_classes"], kernel_initializer="zeros",
-                                                        name="output_projection")
+        self._make_encoders_and_head()
         self.build({m: (None, *shape) for m, shape in self.input_shapes.items()})
 
     # ----------------------------------------------------------------------------------- shapes
