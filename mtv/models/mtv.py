@@ -11,6 +11,7 @@ from mtv.errors import ShapeError
 from mtv.layers.common import flax_dense, prefixed
 from mtv.layers.global_encoder import GlobalEncoder
 from mtv.layers.multiview_encoder import MultiviewEncoder
+from mtv.layers.patch_embedding import embed_patches, tubelet_embedding
 from mtv.models.spec import derive
 
 POOLS = {"gap": ops.mean, "gmp": ops.max, "gsp": ops.sum}
@@ -38,12 +39,8 @@ class MTV(keras.Model):
         self.spec = copy.deepcopy(spec)
         self.geometry = derive(self.spec)
         s = self.spec
-        self.embeddings = [
-            keras.layers.Conv3D(v["hidden_size"], kernel_size=(v["patch_size"][2], v["patch_size"][0],
-                                                                v["patch_size"][1]),
-                                strides=(v["patch_size"][2], v["patch_size"][0], v["patch_size"][1]),
-                                padding="valid", name=f"embedding_view{i}")
-            for i, v in enumerate(s["views"])]
+        self.embeddings = [tubelet_embedding(v["hidden_size"], v["patch_size"], name=f"embedding_view{i}")
+                           for i, v in enumerate(s["views"])]
         self._make_encoders_and_head()
         self.build((None, s["num_frames"], *s["image_size"], s["channels"]))
 
@@ -145,7 +142,7 @@ class MTV(keras.Model):
         batch = ops.shape(x)[0]
         tokens = []
         for i, (v, g) in enumerate(zip(s["views"], geo["views"], strict=True)):
-            y = self.embeddings[i](x)
+            y = embed_patches(self.embeddings[i], x)
             c, t = v["hidden_size"], g["temporal_tokens"]
             y = ops.reshape(y, (batch, t, g["grid"][0] * g["grid"][1], c))
             if s["classifier"] == "token":

@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from mtv.errors import ShapeError
-from mtv.layers.patch_embedding import spectrogram_embedding, tubelet_embedding
+from mtv.layers.patch_embedding import embed_patches, spectrogram_embedding, tubelet_embedding
 from mtv.models.mtv import MTV, pool_tokens
 from mtv.models.multimodal_spec import (
     MODALITIES,
@@ -127,7 +127,7 @@ class MultimodalMTV(keras.Model):
         for i, (v, g) in enumerate(zip(s["views"], geo["views"], strict=True)):
             x = inputs[v["modality"]]
             batch = ops.shape(x)[0]
-            y = self.embeddings[i](x)
+            y = embed_patches(self.embeddings[i], x)
             c, t = v["hidden_size"], g["temporal_tokens"]
             y = ops.reshape(y, (batch, t, g["grid"][0] * g["grid"][1], c))
             if s["classifier"] == "token":
