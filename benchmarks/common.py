@@ -82,6 +82,15 @@ def build(config: str, batch: int, frames: int | None, size: int | None, seed: i
     return model, clip
 
 
+def use_conv_embedding() -> None:
+    """Makes models built afterwards embed with their strided Conv layers (the path before patchify + matmul)."""
+    import mtv.models.mtv
+    import mtv.models.multimodal
+
+    for module in (mtv.models.mtv, mtv.models.multimodal):
+        module.embed_patches = lambda layer, x: layer(x)
+
+
 class Timing:
     """Wall and process-CPU seconds of repeated calls.
 

@@ -85,3 +85,19 @@ def test_train_step_reports_forward_plus_backward(shared_dir):
     # Backward costs about twice the forward, so a step counts 2-4x the forward alone.
     forward = inference.main(tiny + ["--no-peak"])
     assert 2.0 * forward["gflop"] < record["gflop"] < 4.0 * forward["gflop"]
+    assert record["embedding"] == "patchify_matmul"
+    assert record["forward_median_s"] > 0
+    assert record["step_over_forward"] == pytest.approx(record["median_s"] / record["forward_median_s"], rel=0.02)
+
+
+def test_train_step_compares_the_conv_embedding_and_profiles_one_step(shared_dir, monkeypatch):
+    import mtv.models.mtv
+    import mtv.models.multimodal
+
+    for module in (mtv.models.mtv, mtv.models.multimodal):  # restored afterwards
+        monkeypatch.setattr(module, "embed_patches", module.embed_patches)
+    record = train_step.main(["--config", str(shared_dir / FIXTURE), "--frames", "4", "--size", "16", "--runs", "1",
+                              "--no-peak", "--no-flops", "--conv-embedding", "--profile"])
+    assert record["embedding"] == "conv"
+    op_types = set(record["ops"]["op_ms_by_type"])
+    assert any("Conv3D" in op for op in op_types), op_types  # the old path really ran

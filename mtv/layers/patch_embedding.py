@@ -46,21 +46,22 @@ def embed_patches(layer: keras.layers.Layer, x):
 
     x: (B, *sizes, C) with every size divisible by the kernel's; returns (B, *sizes/kernel, hidden).
     """
-    kernel = ops.cast(layer.kernel, x.dtype)
-    patch = tuple(int(p) for p in kernel.shape[:-2])
-    channels, hidden = int(kernel.shape[-2]), int(kernel.shape[-1])
-    sizes = tuple(int(s) for s in x.shape[1:-1])
-    grid = tuple(s // p for s, p in zip(sizes, patch, strict=True))
-    n = len(patch)
-    # (B, g0, p0, g1, p1, ..., C) -> (B, g0, g1, ..., p0, p1, ..., C): each row is one block in the
-    # kernel's (p0, p1, ..., C) order.
-    split = [-1]
-    for g, p in zip(grid, patch, strict=True):
-        split += [g, p]
-    y = ops.reshape(x, (*split, channels))
-    order = [0] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [1 + 2 * n]
-    y = ops.transpose(y, order)
-    y = ops.reshape(y, (-1, math.prod(patch) * channels))
-    y = ops.matmul(y, ops.reshape(kernel, (-1, hidden)))
-    y = ops.add(y, ops.cast(layer.bias, x.dtype))
-    return ops.reshape(y, (-1, *grid, hidden))
+    with keras.name_scope(layer.name):
+        kernel = ops.cast(layer.kernel, x.dtype)
+        patch = tuple(int(p) for p in kernel.shape[:-2])
+        channels, hidden = int(kernel.shape[-2]), int(kernel.shape[-1])
+        sizes = tuple(int(s) for s in x.shape[1:-1])
+        grid = tuple(s // p for s, p in zip(sizes, patch, strict=True))
+        n = len(patch)
+        # (B, g0, p0, g1, p1, ..., C) -> (B, g0, g1, ..., p0, p1, ..., C): each row is one block in the
+        # kernel's (p0, p1, ..., C) order.
+        split = [-1]
+        for g, p in zip(grid, patch, strict=True):
+            split += [g, p]
+        y = ops.reshape(x, (*split, channels))
+        order = [0] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [1 + 2 * n]
+        y = ops.transpose(y, order)
+        y = ops.reshape(y, (-1, math.prod(patch) * channels))
+        y = ops.matmul(y, ops.reshape(kernel, (-1, hidden)))
+        y = ops.add(y, ops.cast(layer.bias, x.dtype))
+        return ops.reshape(y, (-1, *grid, hidden))
