@@ -64,7 +64,7 @@ def configure(threads: int = 0, inter_op: int = 0, dtype: str = "float32") -> No
 def build(config: str, batch: int, frames: int | None, size: int | None, seed: int = 0):
     """A randomly initialised model from `config` and a random clip batch of its input shape.
 
-    `config` is a config .py (read by mtv.configs_io.load_config), an experiment name, or a
+    `config` is a config .py (read by mtv.io.configs.load_config), an experiment name, or a
     Scenic-style .json; `frames` / `size` override the clip length and crop for shorter variants.
     """
     from mtv.models.builder import build_model
@@ -288,12 +288,8 @@ _PARTS = [("attention", r"MultiHeadDotProductAttention|msa_view|cross_attention_
           ("embedding", r"embedding_view"), ("head", r"output_projection")]
 
 
-def op_profile(fn: Callable[[], object], runs: int = 1, top: int = 12) -> dict:
-    """Runs `fn` under the TF profiler; milliseconds per run by op type and by model part.
-
-    Times are each op's span on TF's executor threads; independent ops may run at the same time,
-    so the totals can exceed the wall time.
-    """
+def op_events(fn: Callable[[], object], runs: int = 1) -> list[tuple[str, str, float]]:
+    """Runs `fn` under the TF profiler; (scoped op name, op type, milliseconds per run) of every op executed."""
     import collections
     import glob
     import tempfile
@@ -308,7 +304,7 @@ def op_profile(fn: Callable[[], object], runs: int = 1, top: int = 12) -> dict:
         tf.profiler.experimental.stop()
         space = xplane_pb2.XSpace()
         space.ParseFromString(Path(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]).read_bytes())
-    by_type, by_part = collections.Counter(), collections.Counter()
+    totals: collections.Counter = collections.Counter()
     for plane in space.planes:
         for line in plane.lines:
             if not line.name.startswith("tf_Compute"):
@@ -317,10 +313,22 @@ def op_profile(fn: Callable[[], object], runs: int = 1, top: int = 12) -> dict:
                 name = plane.event_metadata[event.metadata_id].name
                 if ":" not in name or "::" in name:  # TF ops are 'scope/name:OpType'
                     continue
-                scope, op_type = name.rsplit(":", 1)
-                ms = event.duration_ps / 1e9 / runs
-                by_type[op_type] += ms
-                by_part[next((part for part, pat in _PARTS if re.search(pat, scope)), "other")] += ms
+                totals[tuple(name.rsplit(":", 1))] += event.duration_ps / 1e9 / runs
+    return [(scope, op_type, ms) for (scope, op_type), ms in totals.items()]
+
+
+def op_profile(fn: Callable[[], object], runs: int = 1, top: int = 12) -> dict:
+    """Runs `fn` under the TF profiler; milliseconds per run by op type and by model part.
+
+    Times are each op's span on TF's executor threads; independent ops may run at the same time,
+    so the totals can exceed the wall time.
+    """
+    import collections
+
+    by_type, by_part = collections.Counter(), collections.Counter()
+    for scope, op_type, ms in op_events(fn, runs):
+        by_type[op_type] += ms
+        by_part[next((part for part, pat in _PARTS if re.search(pat, scope)), "other")] += ms
     return {"op_ms_total": round(sum(by_type.values()), 1),
             "op_ms_by_type": {k: round(v, 1) for k, v in by_type.most_common(top)},
             "op_ms_by_part": {k: round(v, 1) for k, v in by_part.most_common()}}

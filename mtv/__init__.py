@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "build_model": "mtv.models.builder",
-    "from_scenic": "mtv.checkpoints.scenic",
-    "to_scenic": "mtv.checkpoints.scenic",
-    "load": "mtv.loading",
-    "list_models": "mtv.zoo",
-    "export": "mtv.hub",
-    "predict": "mtv.prediction",
+    "from_scenic": "mtv.io.scenic",
+    "to_scenic": "mtv.io.scenic",
+    "load": "mtv.io.loading",
+    "list_models": "mtv.io.registry",
+    "export": "mtv.io.hub",
+    "predict": "mtv.eval.prediction",
 }
 
 

@@ -58,8 +58,8 @@ import numpy as np
 import mtv
 from mtv.data.transforms import video_to_eval_views
 from mtv.data.video import load_video
-from mtv.evaluate import eval_dataset_configs
-from mtv.prediction import parse_views, predict
+from mtv.eval.evaluate import eval_dataset_configs
+from mtv.eval.prediction import parse_views, predict
 
 REPO = Path(mtv.__file__).resolve().parents[1]
 shared = Path(shared_dir or os.environ.get("MTV_SHARED_DIR") or REPO.parent / "shared")
@@ -173,7 +173,7 @@ Starting from a pretrained MTV, this notebook
 
 **The data.** Your labels need not be the model's. Here the pretrained `camera-motion` model knows 13
 classes (pan left slow, zoom in fast, ...); the new task has 4 coarser ones: `static`, `pan`, `tilt`,
-`zoom`. The videos are rendered by `mtv.synthetic`, which moves a virtual camera over the real clips in
+`zoom`. The videos are rendered by `mtv.data.synthetic`, which moves a virtual camera over the real clips in
 `shared/data/videos`, so every label is known. To use your own videos, write a CSV with the columns
 `path,label` (label = class index) and skip step 1.
 """),
@@ -202,12 +202,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import mtv
-from mtv import synthetic
+from mtv.data import synthetic
 from mtv.data import prepare, tfrecord
-from mtv.evaluate import eval_dataset_configs, evaluate_data, format_metrics
-from mtv.hub import load_serving
-from mtv.prediction import predict
-from mtv.presets import save_preset
+from mtv.eval.evaluate import eval_dataset_configs, evaluate_data, format_metrics
+from mtv.io.hub import load_serving
+from mtv.eval.prediction import predict
+from mtv.io.presets import save_preset
 
 REPO = Path(mtv.__file__).resolve().parents[1]
 shared = Path(shared_dir or os.environ.get("MTV_SHARED_DIR") or REPO.parent / "shared")
@@ -360,7 +360,7 @@ Path("history.json").write_text(json.dumps({"epochs_frozen": epochs_frozen, "epo
     ("md", """
 ## 7. Evaluate
 
-`mtv.evaluate.evaluate_data` scores every held-out video with the model's test views and reports
+`mtv.eval.evaluate.evaluate_data` scores every held-out video with the model's test views and reports
 top-1 accuracy (the `mtv evaluate` command does the same). With 4 classes, chance is 25 %.
 """),
     ("code", """
@@ -405,7 +405,7 @@ print(example.name, "->", [(e["label"], round(e["probability"], 3)) for e in pre
 ## Next
 
 * Longer runs, mixup, learning-rate schedules, checkpoints and resuming: `mtv train --config=...` with
-  `config.init_from` pointing at a pretrained model (see `configs/` and `mtv/train.py`).
+  `config.init_from` pointing at a pretrained model (see `configs/` and `mtv/training/trainer.py`).
 * `01_inference.ipynb` labels any video with the preset saved here (`model_handle = "my_camera_motion"`).
 """),
 ]
@@ -444,8 +444,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import mtv
-from mtv import ensemble, epic
-from mtv.results import read_results, write_results
+from mtv.epic import ensemble
+from mtv.epic import scoring as epic
+from mtv.epic.results import read_results, write_results
 
 REPO = Path(mtv.__file__).resolve().parents[1]
 shared = Path(shared_dir or os.environ.get("MTV_SHARED_DIR") or REPO.parent / "shared")
@@ -511,7 +512,7 @@ print(sorted(p.name for p in Path("results").iterdir()))
     ("md", """
 ## 2. Score each model
 
-`mtv.epic.compute_metrics` computes the official metrics (as `evaluate.py` of
+`mtv.epic.scoring.compute_metrics` computes the official metrics (as `evaluate.py` of
 epic-kitchens/C1-Action-Recognition): top-1 / top-5 accuracy for verb, noun and action (a (verb, noun)
 pair ranked by the product of the softmaxed verb and noun scores), and top-1 on the tail classes and on
 the unseen participants. The `mtv epic-score` command prints the same table.
@@ -530,7 +531,7 @@ for name, values in metrics.items():
     ("md", """
 ## 3. Search the ensemble weights on validation
 
-`mtv.ensemble.search_weights` tries every weighting `k / search_grid` on the simplex and keeps the one
+`mtv.epic.ensemble.search_weights` tries every weighting `k / search_grid` on the simplex and keeps the one
 with the best validation action top-1 accuracy; `fuse` averages the raw scores with those weights
 (the `mtv ensemble --search` command does both). Each single model is one of the candidates, so the
 ensemble is never worse than the best model on validation. (Searching and reporting on the same split
@@ -566,7 +567,7 @@ plt.show()
     ("md", """
 ## 4. Fuse the test scores and write the submission
 
-The test results are fused with the validation weights, and `mtv.epic.make_submission` (the
+The test results are fused with the validation weights, and `mtv.epic.scoring.make_submission` (the
 `mtv submission` command) writes `submission.zip` holding `test.json`: version 0.2, the challenge name,
 the supervision levels, and per segment the 97 verb and 300 noun scores plus the top-100 actions.
 `expected_ids` checks that every test segment has scores. Remember: these scores are simulated, so this

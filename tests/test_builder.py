@@ -9,7 +9,7 @@ from mtv.models.mtv import MTV
 
 
 def test_build_model_dispatches_on_modalities():
-    from mtv.configs_io import load_config
+    from mtv.io.configs import load_config
     from mtv.models.multimodal import MultimodalMTV
 
     cfg = load_config("epic_mm_b2_rgb_audio")

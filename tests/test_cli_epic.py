@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from mtv import cli, epic
-from mtv.results import read_results, write_epic_pickle, write_results
+from mtv import cli
+from mtv.epic import scoring as epic
+from mtv.epic.results import read_results, write_epic_pickle, write_results
 
 OFFICIAL_NAMES = [
     "all_verb_accuracy_at_1",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from mtv.checkpoints import flax_msgpack
 from mtv.cli import run
+from mtv.io import flax_msgpack
 from tests.helpers import FIXTURE, fixture_input
 
 LOGITS = np.load(FIXTURE / "logits.npy")

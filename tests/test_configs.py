@@ -10,8 +10,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mtv import configs_io
 from mtv.errors import ConfigError
+from mtv.io import configs as configs_io
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

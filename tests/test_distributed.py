@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtv.configs_io import load_config
 from mtv.errors import ConfigError
-from mtv.train import train
+from mtv.io.configs import load_config
 from mtv.training import checkpoints as ckpt_lib
+from mtv.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "camera_motion" / "camera_motion_tiny.py"

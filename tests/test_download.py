@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mtv import download
-from mtv.download import cache_dir, fetch, safe_extract_tar
 from mtv.errors import DownloadError, ExportError
+from mtv.io import download
+from mtv.io.download import cache_dir, fetch, safe_extract_tar
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = os.urandom(300_000)
@@ -188,7 +188,7 @@ def test_http_error_is_reported(server):
 def test_two_processes_fetching_at_once(server):
     server.routes["/slow"] = {"body": BODY, "pieces": 10, "delay": 0.1}  # about one second
     url = server.url("/slow")
-    code = "import sys; from mtv.download import fetch; print(fetch(sys.argv[1], progress=False))"
+    code = "import sys; from mtv.io.download import fetch; print(fetch(sys.argv[1], progress=False))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", code, url], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

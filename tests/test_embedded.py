@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mtv import synthetic
-from mtv.presets import load_preset
+from mtv.data import synthetic
+from mtv.io.presets import load_preset
 
 PRESET = Path(__file__).resolve().parents[1] / "mtv" / "embedded" / "camera-motion"
 

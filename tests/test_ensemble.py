@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from mtv import ensemble
+from mtv.epic import ensemble
+from mtv.epic.results import validate
 from mtv.errors import ResultsError
-from mtv.results import validate
 
 
 def _softmax(x):

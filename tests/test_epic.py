@@ -9,9 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from mtv import epic
+from mtv.epic import scoring as epic
+from mtv.epic.results import validate
 from mtv.errors import ConfigError, DataError, ResultsError
-from mtv.results import validate
 
 # Top-3 raw scores the construction puts at ranks 1, 2, 3; every other class scores in [-5, 0).
 # Action sums (verb rank, noun rank) -> 20 (1,1), 19.1 (1,2), 18.6 (2,1), 18.1 (1,3), 17.7 (2,2),

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import mtv
-from mtv import evaluate as ev
 from mtv.cli import run
 from mtv.data.tfrecord import ClipExample, write_tfrecords
+from mtv.epic.results import read_results
 from mtv.errors import ConfigError
-from mtv.results import read_results
+from mtv.eval import evaluate as ev
 
 
 def tiny_config(classes: int = 5, class_splits=None, split_names=None) -> ml_collections.ConfigDict:
@@ -116,8 +116,8 @@ def test_evaluate_tfrecords_matches_scoring_each_view_by_hand(tmp_path):
 
 
 def test_cli_multihead_softmax_mean_and_an_unreadable_video(tmp_path, capsys):
-    from mtv import synthetic
-    from mtv.presets import save_preset
+    from mtv.data import synthetic
+    from mtv.io.presets import save_preset
 
     config = tiny_config(class_splits=[7, 4], split_names=["noun", "verb"])
     model = _random_model(config, seed=2)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import mtv
 from mtv.errors import ExportError
-from mtv.hub import make_hub_tarball, preprocess_uint8
+from mtv.io.hub import make_hub_tarball, preprocess_uint8
 from tests.helpers import FIXTURE, fixture_input, fixture_model, serve_directory
 
 LOGITS = np.load(FIXTURE / "logits.npy")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import mtv
-from mtv.checkpoints import flax_msgpack
 from mtv.errors import CheckpointError, DownloadError, ZooError
-from mtv.presets import is_preset, save_preset
+from mtv.io import flax_msgpack
+from mtv.io.presets import is_preset, save_preset
 from tests.helpers import FIXTURE, fixture_input, fixture_model, serve_directory
 
 LOGITS = np.load(FIXTURE / "logits.npy")
@@ -83,8 +83,7 @@ def test_load_preset_tarball_from_url(model, tmp_path):
 @pytest.fixture()
 def fake_zoo(tmp_path, monkeypatch):
     """A registry with one Scenic-checkpoint entry served by a local HTTP server."""
-    from mtv import zoo
-
+    from mtv.io import registry as zoo
     real = json.loads(zoo.registry_path().read_text())
     entry = dict(next(e for e in real["models"] if e["name"] == "mtv-b-k400"))
     site = tmp_path / "site"
@@ -108,14 +107,13 @@ def fake_zoo(tmp_path, monkeypatch):
 
 
 def test_zoo_name_downloads_converts_once_and_reuses_offline(fake_zoo, monkeypatch):
-    from mtv import loading
-
+    from mtv.io import loading
     entry, site = fake_zoo
-    import mtv.checkpoints.scenic
+    import mtv.io.scenic
 
     calls = []
-    real_from_scenic = mtv.checkpoints.scenic.from_scenic
-    monkeypatch.setattr(mtv.checkpoints.scenic, "from_scenic",
+    real_from_scenic = mtv.io.scenic.from_scenic
+    monkeypatch.setattr(mtv.io.scenic, "from_scenic",
                         lambda *a, **k: calls.append(1) or real_from_scenic(*a, **k))
     _close(mtv.load("tiny-test"))
     assert is_preset(loading.preset_cache_dir("tiny-test"))
@@ -134,8 +132,7 @@ def test_unknown_name_and_missing_path():
 
 
 def test_download_failure_names_url_and_leaves_no_cache(fake_zoo):
-    from mtv import loading
-
+    from mtv.io import loading
     entry, site = fake_zoo
     (site / "tiny_ckpt").unlink()
     with pytest.raises(DownloadError, match="tiny_ckpt"):
@@ -144,8 +141,8 @@ def test_download_failure_names_url_and_leaves_no_cache(fake_zoo):
 
 
 def test_sha256_mismatch_removes_file(fake_zoo, monkeypatch, tmp_path):
-    from mtv import loading, zoo
-
+    from mtv.io import loading
+    from mtv.io import registry as zoo
     entry, site = fake_zoo
     registry = json.loads(zoo.registry_path().read_text())
     registry["models"][-1]["sha256"] = "0" * 64
@@ -158,7 +155,7 @@ def test_sha256_mismatch_removes_file(fake_zoo, monkeypatch, tmp_path):
 
 
 def test_fetch_from_file_and_truncated_checkpoint(fake_zoo, tmp_path):
-    from mtv.loading import fetch_preset
+    from mtv.io.loading import fetch_preset
 
     entry, site = fake_zoo
     data = (site / "tiny_ckpt").read_bytes()
@@ -172,11 +169,11 @@ def test_fetch_from_file_and_truncated_checkpoint(fake_zoo, tmp_path):
 
 
 def test_two_processes_load_the_same_model_at_once(fake_zoo, tmp_path):
-    from mtv import loading, zoo
-
+    from mtv.io import loading
+    from mtv.io import registry as zoo
     code = (
         "import sys, numpy as np, mtv\n"
-        "from mtv import zoo\n"
+        "from mtv.io import registry as zoo\n"
         f"zoo.registry_path = lambda: __import__('pathlib').Path({str(zoo.registry_path())!r})\n"
         "zoo.class_names = lambda *a, **k: list('abcde')\n"
         "zoo.DATASETS['tiny5'] = ('Tiny', None, 5)\n"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import mtv
-from mtv import configs_io
 from mtv.errors import CheckpointError, ConfigError, MTVError, ShapeError
+from mtv.io import configs as configs_io
 from tests import reference_mtv as ref
 
 REPO = Path(__file__).resolve().parents[1]

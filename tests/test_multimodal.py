@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtv.checkpoints.multimodal_init import init_from_mtv, zoom_linear
-from mtv.checkpoints.scenic import assign_flax_params
-from mtv.configs_io import load_config
 from mtv.errors import CheckpointError, ConfigError, ShapeError
+from mtv.io.configs import load_config
+from mtv.io.scenic import assign_flax_params
 from mtv.models.mtv import MTV
 from mtv.models.multimodal import MultimodalMTV, build_multimodal_model
 from mtv.models.multimodal_spec import mtv_spec, multimodal_spec_from_config
 from mtv.models.spec import spec_from_config
+from mtv.training.multimodal_init import init_from_mtv, zoom_linear
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSETS = [("rgb",), ("flow",), ("audio",), ("rgb", "flow"), ("rgb", "audio"), ("flow", "audio"),
@@ -181,7 +181,7 @@ def test_keras_round_trip_is_exact(full_model, tmp_path):
 
 
 def test_preset_round_trip(full_model, tmp_path):
-    from mtv.presets import load_preset, save_preset
+    from mtv.io.presets import load_preset, save_preset
 
     save_preset(full_model, tmp_path / "mm_preset", metadata={"name": "tiny"})
     loaded = load_preset(tmp_path / "mm_preset")

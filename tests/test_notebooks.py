@@ -103,7 +103,7 @@ def _assert_png(path: Path) -> None:
 @pytest.fixture(scope="module")
 def fixture_preset(tmp_path_factory) -> Path:
     """The Scenic fixture MTV (8 frames of 32x32, 5 classes) as a preset with preprocessing metadata."""
-    from mtv.presets import save_preset
+    from mtv.io.presets import save_preset
     from tests.helpers import fixture_model
 
     directory = tmp_path_factory.mktemp("preset") / "fixture_mtv"
@@ -140,8 +140,8 @@ def test_epic_notebook_says_its_scores_are_simulated():
 # ------------------------------------------------------------------------------------------ execution
 def _embedded_default() -> str | None:
     """The notebooks' default model, 'camera-motion', when its embedded preset is installed."""
-    from mtv import zoo
     from mtv.errors import ZooError
+    from mtv.io import registry as zoo
 
     try:
         zoo.embedded_path("camera-motion")
@@ -152,7 +152,7 @@ def _embedded_default() -> str | None:
 
 def test_inference_notebook_labels_a_real_video(execute, tmp_path, fixture_preset, videos_dir, shared_dir):
     import mtv
-    from mtv.prediction import predict
+    from mtv.eval.prediction import predict
 
     # The notebook's own default model when it is installed, else the fixture preset through the parameter.
     handle = _embedded_default()
@@ -205,8 +205,7 @@ def test_finetune_notebook_trains_in_two_phases_and_exports(execute, tmp_path, f
 
 
 def test_epic_notebook_scores_ensembles_and_writes_a_submission(execute, tmp_path, epic_dir, shared_dir):
-    from mtv import epic
-
+    from mtv.epic import scoring as epic
     nb = execute(NAMES[2], {"shared_dir": str(shared_dir), "search_grid": 4, "test_segments": 40, "seed": 1})
     with open(epic_dir / "EPIC_100_test_timestamps.csv") as f:
         first_test_ids = [row["narration_id"] for row in csv.DictReader(f)][:40]

@@ -11,8 +11,8 @@ import pytest
 
 from mtv.cli import run
 from mtv.errors import DataError
-from mtv.prediction import average_views, parse_views, predict
-from mtv.presets import save_preset
+from mtv.eval.prediction import average_views, parse_views, predict
+from mtv.io.presets import save_preset
 from tests.helpers import fixture_model
 
 LABELS = ["alpha", "beta", "gamma", "delta", "epsilon"]
@@ -45,7 +45,7 @@ def test_parse_views_and_rules():
 def test_predict_real_clip_matches_manual_views(preset, videos_dir):
     from mtv.data.transforms import video_to_eval_views
     from mtv.data.video import load_video
-    from mtv.presets import load_preset
+    from mtv.io.presets import load_preset
 
     clip = videos_dir / "arm_wrestling__mmaction2_demo.mp4"
     result = predict(clip, model=str(preset), top=3)

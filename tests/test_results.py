@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from mtv import results as res
+from mtv.epic import results as res
 from mtv.errors import ResultsError
 
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mtv import synthetic
+from mtv.data import synthetic
 from mtv.errors import DataError
 
 

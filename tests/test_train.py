@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtv import synthetic
 from mtv.cli import run
-from mtv.configs_io import load_config
+from mtv.data import synthetic
 from mtv.errors import ConfigError, DataError
-from mtv.train import train
+from mtv.io.configs import load_config
 from mtv.training import checkpoints as ckpt_lib
 from mtv.training import inputs as inputs_lib
+from mtv.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "camera_motion" / "camera_motion_tiny.py"
@@ -60,7 +60,7 @@ def test_tiny_mtv_learns_camera_motion_far_above_chance(trained):
 
 def test_evaluate_command_on_the_trained_run(trained, tmp_path, capsys):
     from mtv.data.tfrecord import ClipExample, write_tfrecords
-    from mtv.results import read_results
+    from mtv.epic.results import read_results
 
     config, result = trained
     clips, labels = inputs_lib.camera_motion_eval(config.dataset_configs.synthetic.to_dict(), num_frames=8, size=32,

@@ -176,8 +176,7 @@ def test_zoom_linear_is_exact_on_linear_ramps():
 @pytest.mark.parametrize("size_change", ["tile", "resize"])
 def test_init_from_vit_checkpoints(tmp_path, size_change):
     import mtv
-    from mtv.checkpoints import flax_msgpack
-
+    from mtv.io import flax_msgpack
     rng = np.random.default_rng(0)
     model = mtv.build_model(tiny_config(), seed=0)
     before = {k: v.numpy().copy() for k, v in model.flax_params().items()}

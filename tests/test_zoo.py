@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mtv import zoo
 from mtv.cli import run
 from mtv.errors import ZooError
+from mtv.io import registry as zoo
 
 REPO = Path(__file__).resolve().parents[1]
 SCENIC_BUCKET = "https://storage.googleapis.com/scenic-bucket/mtv/"
@@ -83,7 +83,7 @@ def test_entry_matches_the_scenic_model_zoo(name):
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_entry_agrees_with_its_config_file(name):
-    from mtv.configs_io import load_config
+    from mtv.io.configs import load_config
 
     e = zoo.get_entry(name)
     assert (REPO / e["config_path"]).is_file()
@@ -315,7 +315,7 @@ def test_epic_csv_with_missing_ids_is_rejected(tmp_path, epic_dir):
 
 def test_committed_readme_is_up_to_date():
     committed = (REPO / "zoo" / "README.md").read_text()
-    assert committed == zoo.render_readme(), "zoo/README.md is stale: run `python -m mtv.zoo --write-table`"
+    assert committed == zoo.render_readme(), "zoo/README.md is stale: run `python -m mtv.io.registry --write-table`"
 
 
 def test_table_has_one_row_per_entry():
@@ -373,7 +373,7 @@ def test_cli_errors(capsys):
 
 
 def test_cli_fetch_calls_fetch_preset(capsys, monkeypatch, tmp_path):
-    import mtv.loading
+    import mtv.io.loading
 
     calls = []
 
@@ -381,7 +381,7 @@ def test_cli_fetch_calls_fetch_preset(capsys, monkeypatch, tmp_path):
         calls.append((name, from_file))
         return tmp_path / name
 
-    monkeypatch.setattr(mtv.loading, "fetch_preset", fake_fetch_preset)
+    monkeypatch.setattr(mtv.io.loading, "fetch_preset", fake_fetch_preset)
     assert run(["zoo", "fetch", "mtv_l_mit", "--from-file", "/data/checkpoint_1"]) == 0
     assert calls == [("mtv-l-mit", "/data/checkpoint_1")]
     assert capsys.readouterr().out.strip() == str(tmp_path / "mtv-l-mit")

@@ -115,7 +115,7 @@ def get_config(runlocal: str = "") -> ml_collections.ConfigDict:
     config.batch_size = 128
     config.rng_seed = 0
 
-    # Every stream starts from one Kinetics MTV-B checkpoint (mtv.checkpoints.multimodal_init).
+    # Every stream starts from one Kinetics MTV-B checkpoint (mtv.training.multimodal_init).
     config.init_from = ml_collections.ConfigDict()
     config.init_from.checkpoint_path = "path_to_checkpoint"
     config.init_from.model_type = "mtv"

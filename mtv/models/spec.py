@@ -50,7 +50,7 @@ def read_config(config: Any) -> dict:
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(f"cannot read config JSON '{path}': {e}") from e
             return to_plain(data)
-        from mtv.configs_io import load_config
+        from mtv.io.configs import load_config
 
         return to_plain(load_config(path))
     return to_plain(config)

@@ -1,1 +1,1 @@
-"""Pieces of `mtv.train`: schedules, optimizer, losses, initialisation, checkpoints, inputs, strategies."""
+"""Pieces of `mtv.training.trainer`: schedules, optimizer, losses, initialisation, checkpoints, inputs, strategies."""

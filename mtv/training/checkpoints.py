@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from mtv.errors import CheckpointError
-from mtv.fileio import atomic_path
+from mtv.utils.fileio import atomic_path
 
 PATTERN = re.compile(r"ckpt_(\d+)\.npz$")
 
@@ -90,7 +90,7 @@ def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def restore_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
     """Loads a checkpoint into `model` (and `optimizer`, which must be built); returns its meta."""
-    from mtv.checkpoints.scenic import assign_flax_params
+    from mtv.io.scenic import assign_flax_params
 
     params, opt_values, meta = read_checkpoint(path)
     assign_flax_params(model, params)

@@ -127,7 +127,7 @@ def read_vit_params(source: Any, checkpoint_format: str = "big_vision") -> dict[
     'scenic': a Flax msgpack checkpoint (file or directory of checkpoint_<N>). A mapping is used as is.
     """
     if isinstance(source, Mapping):
-        from mtv.checkpoints.scenic import load_flat_params
+        from mtv.io.scenic import load_flat_params
 
         return load_flat_params(source)
     path = Path(source)
@@ -145,7 +145,7 @@ def read_vit_params(source: Any, checkpoint_format: str = "big_vision") -> dict[
                 break
         return convert_pre_linen(flat)
     if checkpoint_format == "scenic":
-        from mtv.checkpoints.scenic import load_flat_params
+        from mtv.io.scenic import load_flat_params
 
         return load_flat_params(path)
     raise ConfigError(f"init_from.checkpoint_formats entry {checkpoint_format!r}: expected 'big_vision' or 'scenic'")
@@ -285,8 +285,8 @@ def init_from_mtv(model, restored: Mapping[str, np.ndarray], *, restore_output_p
 
 def _restored_mtv_params(path_or_name: str) -> dict[str, np.ndarray]:
     """Flat MTV params of a training checkpoint, a preset, a Scenic checkpoint/npz, or a zoo handle."""
-    from mtv import presets
-    from mtv.checkpoints.scenic import load_flat_params
+    from mtv.io import presets
+    from mtv.io.scenic import load_flat_params
     from mtv.training import checkpoints
 
     path = Path(os.fspath(path_or_name))

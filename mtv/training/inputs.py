@@ -1,4 +1,4 @@
-"""Training and evaluation data for `mtv.train`: one interface over TFRecords, CSVs, arrays and the
+"""Training and evaluation data for `mtv.training.trainer`: one interface over TFRecords, CSVs, arrays and the
 generated camera-motion data, plus co-finetuning mixtures.
 
 Every training source yields global batches `(frames float32 [B, T, H, W, 3] in [-1, 1], labels)` where
@@ -10,7 +10,7 @@ Which data a config trains on (`config.dataset_name`):
                             (a glob, a directory, or `<prefix>@N`), read by `mtv.data.tfrecord.make_dataset`.
   'video_csv'               `dataset_configs.train_csv` / `eval_csv` (see `mtv.data.prepare`), converted
                             once into TFRecords under `<workdir>/data/` before training starts.
-  'camera_motion'           generated clips (`mtv.synthetic`), `dataset_configs.synthetic.*`.
+  'camera_motion'           generated clips (`mtv.data.synthetic`), `dataset_configs.synthetic.*`.
 Co-finetuning (`config.cofinetune = True`) reads `config.datasets`, a list of dataset entries each with
 `name`, `dataset_name`, `dataset_configs` (overrides of the main one), `num_classes` and
 `sampling_weight`; the model gets one head per entry, named by `name`.
@@ -136,8 +136,7 @@ def array_source(frames: np.ndarray, labels: Mapping[str, np.ndarray] | np.ndarr
 def camera_motion_source(options: Mapping, *, num_frames: int, size: int, name: str = "camera_motion",
                          videos: str | None = None) -> Source:
     """Freshly generated camera-motion clips: batch `s` is rendered from `(seed, s)`."""
-    from mtv import synthetic
-
+    from mtv.data import synthetic
     options = dict(options or {})
     sources = _synthetic_sources(options, videos, split="train")
     still = float(options.get("still_fraction", 0.3))
@@ -156,8 +155,7 @@ def camera_motion_source(options: Mapping, *, num_frames: int, size: int, name: 
 
 
 def _synthetic_sources(options: Mapping, videos: str | None, split: str) -> list[np.ndarray]:
-    from mtv import synthetic
-
+    from mtv.data import synthetic
     videos = options.get("videos") or videos
     min_resize = int(options.get("source_min_resize", 128))
     if videos and Path(videos).exists():
@@ -175,8 +173,7 @@ def _synthetic_sources(options: Mapping, videos: str | None, split: str) -> list
 def camera_motion_eval(options: Mapping, *, num_frames: int, size: int, videos: str | None = None,
                        count: int | None = None, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Held-out generated clips (uint8) and int labels, from the held-out source video."""
-    from mtv import synthetic
-
+    from mtv.data import synthetic
     options = dict(options or {})
     sources = _synthetic_sources(options, videos, split="heldout")
     count = int(count or options.get("num_eval", 390))
@@ -264,8 +261,7 @@ def data_from_config(config: Any, workdir: str | os.PathLike, *, dataset_name: s
     dc = _plain(dataset_configs if dataset_configs is not None else config.get("dataset_configs")) or {}
     num_frames, crop = int(dc.get("num_frames", 32)), int(dc.get("crop_size", 224))
     if ds_name == "camera_motion":
-        from mtv import synthetic
-
+        from mtv.data import synthetic
         if num_classes not in (None, len(synthetic.CLASSES)):
             raise ConfigError(f"camera_motion has {len(synthetic.CLASSES)} classes, config says {num_classes}")
         options = dc.get("synthetic") or {}
@@ -294,7 +290,7 @@ def data_from_config(config: Any, workdir: str | os.PathLike, *, dataset_name: s
             skipped = skipped + more
         return DataSpec(name, source, eval_files=eval_files, skipped=skipped)
     raise ConfigError(f"config.dataset_name is {ds_name!r}; mtv trains on 'video_tfrecord_dataset', "
-                      "'video_csv' or 'camera_motion' (or pass train_data= to mtv.train.train)")
+                      "'video_csv' or 'camera_motion' (or pass train_data= to mtv.training.trainer.train)")
 
 
 def _files_or_none(pattern: str) -> list[str] | None:

@@ -59,7 +59,7 @@ def predict(video: str | os.PathLike, *, model: Any = None, views: str | None = 
     """Top-k labels of a video: {'video', 'model', 'views', 'rule', 'heads': {head: [{label, index, probability}]}}."""
     from mtv.data.transforms import video_to_eval_views
     from mtv.data.video import load_video
-    from mtv.loading import load
+    from mtv.io.loading import load
 
     handle = model if model is not None else DEFAULT_MODEL
     if isinstance(handle, (str, os.PathLike)):

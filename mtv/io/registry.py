@@ -22,7 +22,7 @@ ACCURACY_METRICS = (
 )
 EPIC_ENV = "MTV_EPIC_DIR"
 EPIC_FILES = {"verb": "EPIC_100_verb_classes.csv", "noun": "EPIC_100_noun_classes.csv"}
-WRITE_COMMAND = "python -m mtv.zoo --write-table"
+WRITE_COMMAND = "python -m mtv.io.registry --write-table"
 
 # name -> (display title, class-name file shipped in mtv/classnames or None, number of classes)
 DATASETS: dict[str, tuple[str, str | None, int]] = {
@@ -33,7 +33,7 @@ DATASETS: dict[str, tuple[str, str | None, int]] = {
     "ssv2": ("Something-Something v2", "ssv2.txt", 174),
     # Not shipped: the EPIC-KITCHENS annotations are CC BY-NC 4.0 (see class_names).
     "epic_kitchens_100": ("EPIC-KITCHENS-100", None, 397),
-    # Our own generated task (mtv.synthetic) for the embedded default model.
+    # Our own generated task (mtv.data.synthetic) for the embedded default model.
     "camera_motion": ("Synthetic camera motion", "camera_motion.txt", 13),
 }
 _DATASET_ALIASES = {
@@ -103,7 +103,7 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 def registry_path() -> Path:
     """The one place the registry lives: <repo>/zoo/models.json."""
-    return Path(__file__).resolve().parents[1] / "zoo" / "models.json"
+    return Path(__file__).resolve().parents[2] / "zoo" / "models.json"
 
 
 def _type_name(types: tuple) -> str:
@@ -271,7 +271,7 @@ def embedded_path(name_or_entry: str | dict) -> Path:
     entry = get_entry(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
     if entry.get("kind") != "embedded":
         raise ZooError(f"model '{entry.get('name')}' is a {entry.get('kind')}, not an embedded preset")
-    path = Path(__file__).resolve().parent / entry["path"]
+    path = Path(__file__).resolve().parents[1] / entry["path"]
     if not path.exists():
         raise ZooError(f"embedded preset of '{entry['name']}' is missing: {path} (a broken install?)")
     return path
@@ -279,7 +279,7 @@ def embedded_path(name_or_entry: str | dict) -> Path:
 
 def fetch_checkpoint(name: str, *, progress: bool = True) -> Path:
     """Downloads (or reuses) the upstream checkpoint file of a zoo model; returns its cached path."""
-    from mtv.download import fetch
+    from mtv.io.download import fetch
 
     entry = get_entry(name)
     if entry["kind"] != "scenic_checkpoint":
@@ -358,7 +358,7 @@ def class_names(
     if dataset == "epic_kitchens_100":
         return _epic_class_names(entry, epic_dir)
     _, filename, count = DATASETS[dataset]
-    path = Path(__file__).resolve().parent / "classnames" / filename
+    path = Path(__file__).resolve().parents[1] / "classnames" / filename
     try:
         names = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -479,10 +479,10 @@ def write_table(path: str | os.PathLike | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mtv.zoo --write-table [PATH] | --check`."""
+    """`python -m mtv.io.registry --write-table [PATH] | --check`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mtv.zoo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mtv.io.registry", description=__doc__)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write-table", nargs="?", const="", metavar="PATH",
                        help="regenerate zoo/README.md (or PATH) from zoo/models.json")

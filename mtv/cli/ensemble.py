@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from mtv import ensemble
+from mtv.epic import ensemble
+from mtv.epic.results import read_results, save
 from mtv.errors import ResultsError
-from mtv.results import read_results, save
 
 HELP = "Fuse results files (weights, logits/probabilities); search weights on validation, apply to test."
 

@@ -6,9 +6,9 @@ import json
 
 from absl import flags
 
-from mtv import epic
+from mtv.epic import scoring as epic
+from mtv.epic.results import read_results
 from mtv.errors import ResultsError
-from mtv.results import read_results
 
 HELP = "Score results on Epic-Kitchens-100 validation with the official metric names."
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from mtv.training.cli_flags import ConfigFlagValues
+from mtv.cli.config_flags import ConfigFlagValues
 from mtv.training.strategy import STRATEGIES
 
 HELP = "train or fine-tune an MTV from a Scenic-style config (resumes from the workdir's last checkpoint)"
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(FLAGS.cpu_replicas)])
     else:
         strategy = make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    from mtv.train import train
+    from mtv.training.trainer import train
 
     command = "mtv train " + " ".join(a for a in FLAGS.argv[1:] if not a.startswith("--verbose"))
     result = train(FLAGS.config, FLAGS.workdir, strategy=strategy, videos=FLAGS.videos,

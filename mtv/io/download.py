@@ -21,7 +21,7 @@ from typing import BinaryIO
 from absl import logging
 
 from mtv.errors import DownloadError, MTVError
-from mtv.fileio import atomic_write_text
+from mtv.utils.fileio import atomic_write_text
 
 CACHE_ENV = "MTV_CACHE_DIR"
 HASHES_FILE = "hashes.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from mtv.evaluate import VIEW_RULES
-from mtv.training.cli_flags import ConfigFlagValues
+from mtv.cli.config_flags import ConfigFlagValues
+from mtv.eval.evaluate import VIEW_RULES
 
 HELP = "multi-view evaluation (clips x crops) of a checkpoint or zoo model; prints top-1/top-5, writes scores"
 FLAGS = ConfigFlagValues()
@@ -29,8 +29,8 @@ flags.DEFINE_integer("label_offset", 0, "subtracted from stored labels (1 for 1-
 
 
 def main(argv: list[str]) -> int:
-    from mtv import evaluate as ev
     from mtv.errors import ConfigError
+    from mtv.eval import evaluate as ev
 
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}")

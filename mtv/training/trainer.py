@@ -1,4 +1,4 @@
-"""`mtv.train`: fine-tune an MTV with Keras `fit` and Scenic's recipe.
+"""`mtv.training.trainer`: fine-tune an MTV with Keras `fit` and Scenic's recipe.
 
 Recipe (Scenic's MTV trainer): SGD with momentum 0.9; learning rate `lr_configs` ('constant *
 cosine_decay * linear_warmup', warm-up in steps or epochs); global-norm gradient clipping at
@@ -61,7 +61,7 @@ class TrainResult:
 def load_train_config(config: Any) -> ml_collections.ConfigDict:
     """A private, unlocked copy of a config given as ConfigDict, dict, file path or experiment name."""
     if isinstance(config, (str, os.PathLike)):
-        from mtv.configs_io import load_config
+        from mtv.io.configs import load_config
 
         config = load_config(os.fspath(config))
     elif isinstance(config, dict):
@@ -425,13 +425,12 @@ def _train_dataset(config, specs, heads, weights, batch, seed, start, single) ->
 
 
 def _export(model, directory, config, heads, evaluation, step, extra) -> Path:
-    from mtv.presets import save_preset
+    from mtv.io.presets import save_preset
 
     dc = inputs_lib._plain(config.get("dataset_configs")) or {}
     class_names = config.get("class_names")
     if config.get("dataset_name") == "camera_motion" and not class_names:
-        from mtv import synthetic
-
+        from mtv.data import synthetic
         class_names = synthetic.class_names()
     clips, crops = int(dc.get("num_test_clips", 1)), 3 if dc.get("do_three_spatial_crops") else 1
     pre = {"num_frames": int(dc.get("num_frames", 32)), "stride": int(dc.get("stride", 2)),

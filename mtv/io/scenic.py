@@ -41,8 +41,7 @@ def load_flat_params(params: Any) -> dict[str, np.ndarray]:
             except Exception as e:  # numpy raises several types for a bad archive
                 raise CheckpointError(f"cannot read '{path}' as an .npz of flat params: {e}") from e
         else:
-            from mtv.checkpoints import flax_msgpack
-
+            from mtv.io import flax_msgpack
             flat = _flatten(flax_msgpack.extract_params(flax_msgpack.read_state(path)))
     elif isinstance(params, Mapping):
         flat = _flatten(params)
@@ -133,7 +132,6 @@ def to_scenic(model, path: str | os.PathLike | None = None, *, layout: str = "op
             node = node.setdefault(part, {})
         node[leaf] = np.asarray(var.numpy() if hasattr(var, "numpy") else var)
     if path is not None:
-        from mtv.checkpoints import flax_msgpack
-
+        from mtv.io import flax_msgpack
         flax_msgpack.write_checkpoint(path, nested, step=step, layout=layout)
     return nested

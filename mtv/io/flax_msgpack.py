@@ -25,7 +25,7 @@ import msgpack
 import numpy as np
 
 from mtv.errors import CheckpointError
-from mtv.fileio import atomic_path
+from mtv.utils.fileio import atomic_path
 
 EXT_NDARRAY = 1
 EXT_NATIVE_COMPLEX = 2

@@ -18,9 +18,9 @@ flags.DEFINE_enum("layout", "optax", ["optax", "flax_optim"], "train-state layou
 
 
 def main(argv: list[str]) -> int:
-    from mtv.checkpoints.scenic import from_scenic, to_scenic
-    from mtv.loading import load
-    from mtv.presets import save_preset
+    from mtv.io.loading import load
+    from mtv.io.presets import save_preset
+    from mtv.io.scenic import from_scenic, to_scenic
 
     if len(argv) != 2 or not FLAGS.out:
         raise CheckpointError("usage: mtv convert CHECKPOINT --config CFG --out DIR  |  "

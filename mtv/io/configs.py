@@ -12,7 +12,7 @@ import ml_collections
 
 from mtv.errors import ConfigError, MTVError
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 # JSON has no tuples; these fields are tuples in the Python configs, so a JSON copy compares equal.
 _TUPLE_FIELDS = {("patches", "size"), ("cross_view_fusion", "fusion_layers")}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from mtv import epic
+from mtv.epic import scoring as epic
+from mtv.epic.results import read_results
 from mtv.errors import ResultsError
-from mtv.results import read_results
 
 HELP = "Write the Epic-Kitchens-100 action recognition submission zip from (fused) test results."
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mtv.epic.results import Results, atomic_path, read_results
 from mtv.errors import ConfigError, DataError, ResultsError
-from mtv.results import Results, atomic_path, read_results
 
 VERB_CLASSES = 97
 NOUN_CLASSES = 300

@@ -1,4 +1,9 @@
-"""The `mtv` command line: a dispatcher over the modules in `mtv.commands`."""
+"""The `mtv` command line: a dispatcher over the command modules beside this file.
+
+Each module defines `FLAGS = flags.FlagValues()` (so flags of different commands never clash),
+its flags with `flag_values=FLAGS`, a one-line `HELP`, and `main(argv: list[str]) -> int`,
+where `argv` holds the positional arguments left after flag parsing (argv[0] is the program).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,20 @@ import sys
 
 from absl import flags, logging
 
-from mtv.commands import COMMANDS
 from mtv.errors import MTVError
+
+COMMANDS = {
+    "predict": "mtv.cli.predict",
+    "zoo": "mtv.cli.zoo",
+    "convert": "mtv.cli.convert",
+    "export": "mtv.cli.export",
+    "train": "mtv.cli.train",
+    "evaluate": "mtv.cli.evaluate",
+    "data": "mtv.cli.data",
+    "ensemble": "mtv.cli.ensemble",
+    "submission": "mtv.cli.submission",
+    "epic-score": "mtv.cli.epic_score",
+}
 
 
 def _usage() -> str:

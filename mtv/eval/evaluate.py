@@ -1,4 +1,4 @@
-"""`mtv.evaluate`: multi-view evaluation (clips x crops per video), top-k metrics, results files.
+"""`mtv.eval.evaluate`: multi-view evaluation (clips x crops per video), top-k metrics, results files.
 
 Every video is cut into `num_test_clips` clips x 1 or 3 spatial crops (Scenic's `do_multicrop_test`);
 the model scores each view and the views are combined by a named rule:
@@ -6,8 +6,8 @@ the model scores each view and the views are combined by a named rule:
   'softmax_mean'  mean of the views' softmax probabilities; scores are probabilities
 Metrics are top-1 / top-5 accuracy (percent) per head; with 'verb' and 'noun' heads also Epic-Kitchens'
 action accuracy, an action being the (verb, noun) pair ranked by the product of the softmaxed verb and
-noun scores (the official scorer's rule, `mtv.epic.action_scores`). Per-example scores, keyed by
-example id, go to a results file (`mtv.results.write_results`).
+noun scores (the official scorer's rule, `mtv.epic.scoring.action_scores`). Per-example scores, keyed by
+example id, go to a results file (`mtv.epic.results.write_results`).
 """
 
 from __future__ import annotations
@@ -79,8 +79,7 @@ def compute_metrics(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.n
         if scores.shape[1] >= 5:
             metrics[f"{prefix}top5"] = topk_accuracy(scores, labels[head], 5)
     if {"verb", "noun"} <= set(outputs) and {"verb", "noun"} <= set(labels):
-        from mtv import epic
-
+        from mtv.epic import scoring as epic
         raw = {h: np.asarray(outputs[h], np.float64) for h in ("verb", "noun")}
         if score_kind == "probabilities":
             raw = {h: np.log(np.maximum(v, 1e-30)) for h, v in raw.items()}
@@ -248,8 +247,8 @@ def evaluate_data(model, data: str | os.PathLike, *, dataset_configs: Mapping, r
 
 
 def write(result: EvalResult, path: str | os.PathLike) -> Path:
-    """Writes the per-example scores (keyed by id) with `mtv.results.write_results`."""
-    from mtv.results import write_results
+    """Writes the per-example scores (keyed by id) with `mtv.epic.results.write_results`."""
+    from mtv.epic.results import write_results
 
     expected = {head: scores.shape[1] for head, scores in result.outputs.items()}  # this model's class counts
     return write_results(path, result.ids, result.outputs, score_kind=result.score_kind, expected=expected)
@@ -269,11 +268,11 @@ def format_metrics(result: EvalResult) -> str:
 # ------------------------------------------------------------------------------------- loading
 def load_for_eval(*, config: Any = None, checkpoint: str | os.PathLike | None = None, model: str | None = None):
     """A model from a training checkpoint / workdir / Scenic checkpoint / preset (+ config), or a zoo handle."""
-    from mtv import presets
+    from mtv.io import presets
     from mtv.training import checkpoints as ckpt_lib
 
     if model is not None:
-        from mtv.loading import load
+        from mtv.io.loading import load
 
         return load(model)
     if checkpoint is None:
@@ -293,9 +292,9 @@ def load_for_eval(*, config: Any = None, checkpoint: str | os.PathLike | None = 
     if config is None:
         raise ConfigError(f"--config is needed to build the model of checkpoint '{path}'")
     if ckpt_file is not None:
-        from mtv.checkpoints.scenic import assign_flax_params
+        from mtv.io.scenic import assign_flax_params
         from mtv.models.builder import build_model
-        from mtv.train import load_train_config
+        from mtv.training.trainer import load_train_config
 
         params, _, meta = ckpt_lib.read_checkpoint(ckpt_file)
         heads = meta.get("heads") or {}
@@ -306,6 +305,6 @@ def load_for_eval(*, config: Any = None, checkpoint: str | os.PathLike | None = 
             built = build_model(cfg, num_classes=int(params["output_projection/bias"].shape[0]))
         assign_flax_params(built, params)
         return built
-    from mtv.checkpoints.scenic import from_scenic
+    from mtv.io.scenic import from_scenic
 
     return from_scenic(config, path)

@@ -2,7 +2,7 @@
 
 Several models' results and one model's test-time views (e.g. clips x crops saved as separate files)
 go through the same `fuse`. A team searches the weights on validation with `search_weights`, then fuses
-the test results with those weights and writes the challenge submission (`mtv.epic.make_submission`).
+the test results with those weights and writes the challenge submission (`mtv.epic.scoring.make_submission`).
 
 Fusion modes:
 - 'logits': weighted mean of raw scores (probabilities inputs enter as log-probabilities), i.e. a
@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mtv.epic import EpicScorer, raw_scores
+from mtv.epic.results import Results
+from mtv.epic.scoring import EpicScorer, raw_scores
 from mtv.errors import ResultsError
-from mtv.results import Results
 
 FUSE_MODES = ("logits", "probabilities")
 SEARCH_METHODS = ("grid", "coordinate")

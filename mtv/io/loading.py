@@ -26,14 +26,13 @@ def _lock(path: Path):
 
 def preset_cache_dir(name: str) -> Path:
     """Where the converted native preset of zoo model `name` is cached."""
-    from mtv.download import cache_dir
+    from mtv.io.download import cache_dir
 
     return cache_dir() / "presets" / name
 
 
 def _metadata_for(entry: dict) -> dict:
-    from mtv import zoo
-
+    from mtv.io import registry as zoo
     meta = {"name": entry["name"], "source": entry.get("url"), "config": entry.get("config"),
             "dataset": entry.get("dataset"), "preprocessing": entry.get("preprocessing"),
             "num_frames": entry.get("num_frames"), "stride": entry.get("stride"),
@@ -48,10 +47,10 @@ def _metadata_for(entry: dict) -> dict:
 
 def fetch_preset(name: str, *, from_file: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Downloads, verifies and converts zoo model `name` once into a cached native preset; returns its dir."""
-    from mtv import zoo
-    from mtv.checkpoints.scenic import from_scenic
-    from mtv.configs_io import load_config
-    from mtv.presets import is_preset, save_preset
+    from mtv.io import registry as zoo
+    from mtv.io.configs import load_config
+    from mtv.io.presets import is_preset, save_preset
+    from mtv.io.scenic import from_scenic
 
     entry = zoo.get_entry(name)
     if entry["kind"] == "embedded":
@@ -78,8 +77,8 @@ def fetch_preset(name: str, *, from_file: str | os.PathLike | None = None, progr
 
 
 def _load_url(url: str, config, num_classes):
-    from mtv.download import cache_dir, fetch, safe_extract_tar
-    from mtv.presets import is_preset, load_preset
+    from mtv.io.download import cache_dir, fetch, safe_extract_tar
+    from mtv.io.presets import is_preset, load_preset
 
     path = fetch(url)
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
@@ -92,7 +91,7 @@ def _load_url(url: str, config, num_classes):
             return load_preset(dest, num_classes=num_classes)
         if (dest / "saved_model.pb").exists():
             raise ZooError(f"'{url}' is a SavedModel (serving only): load it with tensorflow_hub.load or "
-                           "mtv.hub.load_serving, not mtv.load")
+                           "mtv.io.hub.load_serving, not mtv.load")
         raise ZooError(f"archive '{url}' holds neither an mtv preset nor a SavedModel")
     return load(str(path), config=config, num_classes=num_classes)
 
@@ -103,8 +102,8 @@ def load(handle: str | os.PathLike, *, config: Any = None, num_classes: int | No
     A Scenic checkpoint needs `config` (a Scenic config, or a `config.json` beside the checkpoint).
     `num_classes` different from the checkpoint's replaces the head for fine-tuning and says so.
     """
-    from mtv import zoo
-    from mtv.presets import is_preset, load_preset
+    from mtv.io import registry as zoo
+    from mtv.io.presets import is_preset, load_preset
 
     text = os.fspath(handle)
     if text.startswith(("http://", "https://", "file://")):
@@ -124,7 +123,7 @@ def load(handle: str | os.PathLike, *, config: Any = None, num_classes: int | No
 
                 model = replace_head(model, num_classes)
             return model
-        from mtv.checkpoints.scenic import from_scenic
+        from mtv.io.scenic import from_scenic
 
         if config is None:
             beside = (path if path.is_dir() else path.parent) / "config.json"

@@ -11,8 +11,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from mtv.checkpoints import flax_msgpack as fm
 from mtv.errors import CheckpointError
+from mtv.io import flax_msgpack as fm
 
 # ------------------------------------------------------------------------------ Flax's wire format by hand
 # Built with msgpack directly from the format description (ext 1 = ndarray [shape, dtype name, C bytes],
@@ -73,7 +73,7 @@ def test_bfloat16_without_ml_dtypes_is_a_clear_error(tmp_path):
     # A fresh interpreter where `import ml_dtypes` fails (once imported, numpy knows 'bfloat16').
     script = (
         "import sys; sys.modules['ml_dtypes'] = None\n"
-        "from mtv.checkpoints import flax_msgpack as fm\n"
+        "from mtv.io import flax_msgpack as fm\n"
         "from mtv.errors import CheckpointError\n"
         "try:\n    fm.read_state(sys.argv[1])\n"
         "except CheckpointError as err:\n    print(err)\n"

@@ -72,7 +72,7 @@ def _source_params(source: Any) -> tuple[dict, dict | None]:
     if hasattr(source, "flax_params"):
         flat = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in source.flax_params().items()}
         return flat, getattr(source, "geometry", None)
-    from mtv.checkpoints.scenic import load_flat_params
+    from mtv.io.scenic import load_flat_params
 
     return load_flat_params(source), None
 

@@ -15,8 +15,8 @@ flags.DEFINE_string("config", None, "Scenic config, when MODEL is a Scenic check
 
 
 def main(argv: list[str]) -> int:
-    from mtv.hub import export
-    from mtv.loading import load
+    from mtv.io.hub import export
+    from mtv.io.loading import load
 
     if len(argv) != 3:
         raise ExportError("usage: mtv export MODEL OUT_DIR [--xla] [--dtype bfloat16] [--hub_tarball F]")

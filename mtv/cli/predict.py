@@ -20,7 +20,7 @@ flags.DEFINE_bool("json", False, "print a machine-readable JSON result", flag_va
 
 
 def main(argv: list[str]) -> int:
-    from mtv.prediction import predict
+    from mtv.eval.prediction import predict
 
     if len(argv) != 2:
         raise DataError("usage: mtv predict VIDEO [--model HANDLE] [--views 4x3] [--top 5] [--json]")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mtv.errors import ResultsError
-from mtv.fileio import atomic_path
+from mtv.utils.fileio import atomic_path
 
 SCORE_KINDS = ("logits", "probabilities")
 # Epic-Kitchens-100 class counts (EPIC_100_verb_classes.csv / EPIC_100_noun_classes.csv).

@@ -7,7 +7,7 @@ import sys
 
 from absl import flags
 
-from mtv import zoo
+from mtv.io import registry as zoo
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_boolean("json", False, "Print JSON (list, info) instead of text.", flag_values=FLAGS)
@@ -45,7 +45,7 @@ def _info(name: str) -> int:
 
 
 def _fetch(name: str) -> int:
-    from mtv.loading import fetch_preset  # heavy (TensorFlow): only imported when fetching
+    from mtv.io.loading import fetch_preset  # heavy (TensorFlow): only imported when fetching
 
     entry = zoo.get_entry(name)
     path = fetch_preset(entry["name"], from_file=FLAGS["from-file"].value)

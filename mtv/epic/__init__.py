@@ -1,0 +1,1 @@
+"""Epic-Kitchens-100: scoring, results files, ensembling and challenge submissions."""
