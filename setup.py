@@ -2,16 +2,25 @@
 
 from setuptools import find_packages, setup
 
+# configs/ and zoo/ stay at the top of the repository (the layout is part of the project's definition)
+# and ship inside the wheel as the packages mtv.configs and mtv.zoo, found through importlib.resources.
+CONFIG_PACKAGES = ["mtv.configs"] + [f"mtv.configs.{name}" for name in find_packages(where="configs")]
+
 setup(
     name="mtv",
-    version="0.1.0",
+    version="0.2.0",
     description="Multiview Transformers (MTV) and M&M for video recognition, in Keras 3 on TensorFlow",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["mtv", "mtv.*"]),
+    packages=find_packages(include=["mtv", "mtv.*"]) + CONFIG_PACKAGES + ["mtv.zoo"],
+    package_dir={"mtv.configs": "configs", "mtv.zoo": "zoo"},
     include_package_data=True,
-    package_data={"mtv": ["classnames/*.txt", "registry/*.json", "embedded/*", "embedded/**/*"]},
+    package_data={
+        "mtv": ["classnames/*.txt", "classnames/*.md", "embedded/**/*"],
+        "mtv.data": ["samples/*"],
+        "mtv.zoo": ["models.json", "README.md"],
+    },
     install_requires=[
         "tensorflow==2.21.*",
         "keras>=3.10,<4",
@@ -20,9 +29,11 @@ setup(
         "absl-py>=2.0",
         "ml-collections>=1.0",
         "msgpack>=1.0",
+        "ml-dtypes>=0.3",  # bfloat16 arrays in Flax checkpoints (also a TensorFlow dependency)
         "av>=12",
         "opencv-python-headless>=4.8",
         "tqdm>=4.60",
+        "filelock>=3.12",  # portable inter-process locks for the download and preset caches
     ],
     extras_require={
         "test": [
@@ -32,6 +43,7 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6",
             "matplotlib>=3.8",
+            "scipy>=1.11",  # tests/test_multimodal.py checks the checkpoint resize against scipy.ndimage.zoom
         ],
     },
     entry_points={"console_scripts": ["mtv=mtv.cli:main"]},

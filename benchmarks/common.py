@@ -73,22 +73,22 @@ def build(config: str, batch: int, frames: int | None, size: int | None, seed: i
     path = str(REPO / config) if (REPO / config).is_file() else str(config)
     shape = None
     if frames or size:
-        spec = spec_from_config(path)
-        shape = (frames or spec["num_frames"], size or spec["image_size"][0], size or spec["image_size"][1],
-                 spec["channels"])
+        rgb = spec_from_config(path)["modalities"]["rgb"]
+        shape = (frames or rgb["num_frames"], size or rgb["image_size"][0], size or rgb["image_size"][1],
+                 rgb["channels"])
     model = build_model(path, input_shape=shape, seed=seed)
-    clip = tf.random.stateless_uniform((batch, *model.input_frames_shape), seed=(seed, 1),
+    if list(model.input_shapes) != ["rgb"]:
+        raise SystemExit(f"the benchmarks time RGB-only models; {config} takes {model.input_shapes}")
+    clip = tf.random.stateless_uniform((batch, *model.input_shapes["rgb"]), seed=(seed, 1),
                                        minval=-1.0, maxval=1.0)
     return model, clip
 
 
 def use_conv_embedding() -> None:
     """Makes models built afterwards embed with their strided Conv layers (the path before patchify + matmul)."""
-    import mtv.models.mtv
-    import mtv.models.multimodal
+    import mtv.models.mtv_backbone  # every backbone (M&M too) embeds through this module's embed_patches
 
-    for module in (mtv.models.mtv, mtv.models.multimodal):
-        module.embed_patches = lambda layer, x: layer(x)
+    mtv.models.mtv_backbone.embed_patches = lambda layer, x: layer(x)
 
 
 class Timing:

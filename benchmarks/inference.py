@@ -29,7 +29,8 @@ def stage_profile(model, clip, runs: int, xla: bool = False) -> dict:
     """
     import tensorflow as tf
 
-    enc = model.encoder
+    backbone = model.backbone
+    enc = backbone.encoder
     stages: dict[str, list] = {}
 
     def add(name, fn, *args):
@@ -40,7 +41,7 @@ def stage_profile(model, clip, runs: int, xla: bool = False) -> dict:
         stages[name] = (cpu + timing.median_cpu, gflop + flop / 1e9)
         return f(*args)
 
-    tokens = add("embedding", lambda x: enc.add_position_embeddings(model.tokenize(x)), clip)
+    tokens = add("embedding", lambda x: enc.add_position_embeddings(backbone.tokenize({"rgb": x})), clip)
     for lyr in range(enc.num_layers):
         if enc.cross_blocks[lyr] is not None:
             tokens = add("cross_view_blocks", _on_list(enc.cross_blocks[lyr]), *tokens)
@@ -49,7 +50,7 @@ def stage_profile(model, clip, runs: int, xla: bool = False) -> dict:
             if block is not None:
                 tokens[i] = add(f"encoder_view{i}", block, tokens[i])
     add("global_encoder_and_head",
-        lambda *xs: model.output_projection(model.global_encode(list(xs))), *tokens)
+        lambda *xs: model.output_projection(backbone.global_encode(list(xs))), *tokens)
     return {k: {"cpu_s": common.sig(c), "gflop": common.sig(g), "gflop_per_cpu_s": common.sig(g / c)}
             for k, (c, g) in stages.items()}
 

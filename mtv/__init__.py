@@ -1,6 +1,6 @@
 """mtv: Multiview Transformers for Video Recognition (and M&M) in Keras 3.
 
-Public API: build_model, from_scenic, to_scenic, load, list_models, export, predict.
+Public API: build_model, from_scenic, to_scenic, load, save_preset, list_models, export, predict.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "build_model": "mtv.models.builder",
     "from_scenic": "mtv.io.scenic",
     "to_scenic": "mtv.io.scenic",
     "load": "mtv.io.loading",
+    "save_preset": "mtv.io.presets",
     "list_models": "mtv.io.registry",
     "export": "mtv.io.hub",
     "predict": "mtv.eval.prediction",

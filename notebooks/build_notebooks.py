@@ -77,7 +77,7 @@ preprocessing it was trained with (frames, stride, resize, crop, test views).
     ("code", """
 model = mtv.load(model_handle)
 meta = getattr(model, "metadata", None) or {}
-frames, height, width, _ = model.input_frames_shape
+frames, height, width, _ = model.input_shapes["rgb"]
 print(f"model {meta.get('name') or model_handle}: input {frames} frames of {height}x{width}, "
       f"{model.spec['num_classes']} classes")
 print("preprocessing:", meta.get("preprocessing"))
@@ -207,7 +207,6 @@ from mtv.data import prepare, tfrecord
 from mtv.eval.evaluate import eval_dataset_configs, evaluate_data, format_metrics
 from mtv.io.hub import load_serving
 from mtv.eval.prediction import predict
-from mtv.io.presets import save_preset
 
 REPO = Path(mtv.__file__).resolve().parents[1]
 shared = Path(shared_dir or os.environ.get("MTV_SHARED_DIR") or REPO.parent / "shared")
@@ -384,7 +383,7 @@ print(confusion)
 The reloaded SavedModel must give the Keras model's outputs on the same inputs.
 """),
     ("code", """
-preset_dir = save_preset(model, "my_camera_motion", metadata=model.metadata)
+preset_dir = mtv.save_preset(model, "my_camera_motion", metadata=model.metadata)
 export_dir = mtv.export(model, "exported_model")
 print("preset:", preset_dir, "| SavedModel:", sorted(p.name for p in export_dir.iterdir()))
 

@@ -10,20 +10,29 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import SHARED
+from tests.conftest import SHARED, require_shared
 
 FIXTURE = SHARED / "fixtures" / "scenic_mtv" / "cva_2view"
 
 
 def fixture_model():
-    """The cva_2view Scenic test vector loaded into a Keras MTV (8x32x32 input, 5 classes)."""
+    """The cva_2view Scenic test vector loaded into a Keras MTV (8x32x32 input, 5 classes); skips without it."""
     import mtv
 
+    require_shared()
     return mtv.from_scenic(FIXTURE / "config.json", FIXTURE / "params.npz")
 
 
 def fixture_input() -> np.ndarray:
+    """The fixture's input clips; skips without ../shared."""
+    require_shared()
     return np.load(FIXTURE / "input.npy")
+
+
+def fixture_logits() -> np.ndarray:
+    """Scenic's logits for fixture_input(); skips without ../shared."""
+    require_shared()
+    return np.load(FIXTURE / "logits.npy")
 
 
 @contextlib.contextmanager

@@ -91,11 +91,10 @@ def test_train_step_reports_forward_plus_backward(shared_dir):
 
 
 def test_train_step_compares_the_conv_embedding_and_profiles_one_step(shared_dir, monkeypatch):
-    import mtv.models.mtv
-    import mtv.models.multimodal
+    import mtv.models.mtv_backbone
 
-    for module in (mtv.models.mtv, mtv.models.multimodal):  # restored afterwards
-        monkeypatch.setattr(module, "embed_patches", module.embed_patches)
+    module = mtv.models.mtv_backbone  # restored afterwards
+    monkeypatch.setattr(module, "embed_patches", module.embed_patches)
     record = train_step.main(["--config", str(shared_dir / FIXTURE), "--frames", "4", "--size", "16", "--runs", "1",
                               "--no-peak", "--no-flops", "--conv-embedding", "--profile"])
     assert record["embedding"] == "conv"

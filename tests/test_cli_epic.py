@@ -88,9 +88,9 @@ def _files(folder):
 def test_epic_score_prints_official_names(epic_dir, val_files, capsys):
     base = ["epic-score", str(val_files[0]), "--annotations", str(epic_dir / "EPIC_100_validation.csv")]
     subsets = [
-        "--tail-verb-classes-csv", str(epic_dir / "EPIC_100_tail_verbs.csv"),
-        "--tail-noun-classes-csv", str(epic_dir / "EPIC_100_tail_nouns.csv"),
-        "--unseen-participant-ids-csv", str(epic_dir / "EPIC_100_unseen_participant_ids_validation.csv"),
+        "--tail_verb_classes_csv", str(epic_dir / "EPIC_100_tail_verbs.csv"),
+        "--tail_noun_classes_csv", str(epic_dir / "EPIC_100_tail_nouns.csv"),
+        "--unseen_participant_ids_csv", str(epic_dir / "EPIC_100_unseen_participant_ids_validation.csv"),
     ]  # fmt: skip
     assert cli.run(base + subsets) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -108,8 +108,8 @@ def test_epic_score_pickle_needs_flag(tmp_path, epic_dir, val_files, capsys):
     pkl = write_epic_pickle(tmp_path / "a.pkl", read_results(val_files[0]))
     args = ["epic-score", str(pkl), "--annotations", str(epic_dir / "EPIC_100_validation.csv"), "--json"]
     assert cli.run(args) == 1
-    assert "--allow-pickle" in capsys.readouterr().err
-    assert cli.run(args + ["--allow-pickle"]) == 0
+    assert "--allow_pickle" in capsys.readouterr().err
+    assert cli.run(args + ["--allow_pickle"]) == 0
     from_pickle = json.loads(capsys.readouterr().out)
     assert cli.run(["epic-score", str(val_files[0]), *args[2:]]) == 0
     assert from_pickle == pytest.approx(json.loads(capsys.readouterr().out))
@@ -155,7 +155,7 @@ def test_ensemble_bad_inputs_write_nothing(tmp_path, test_ids, capsys):
         "nan.npz": f"1 non-finite scores (NaN/inf) in 1 rows; first at id '{test_ids[4]}'",
         "narrow.npz": "96 classes; expected 97 verb classes",
         "dup.npz": f"1 duplicate ids, e.g. '{test_ids[0]}'",
-        "p.pkl": "--allow-pickle",
+        "p.pkl": "--allow_pickle",
         "other.npz": "lacks 'P99_1_1'",
     }
     for name, message in cases.items():
@@ -164,7 +164,7 @@ def test_ensemble_bad_inputs_write_nothing(tmp_path, test_ids, capsys):
         assert message in err and name in err, err
         assert not out.exists()
     assert cli.run(["ensemble", str(good), "--weights", "1,x", "--out", str(out)]) == 1
-    assert cli.run(["ensemble", str(good), str(good), "--apply-to", str(good), "--out", str(out)]) == 1
+    assert cli.run(["ensemble", str(good), str(good), "--apply_to", str(good), "--out", str(out)]) == 1
     assert "only used with --search" in capsys.readouterr().err
     assert cli.run(["ensemble", str(good), "--search", "--out", str(out)]) == 1
     assert "--annotations" in capsys.readouterr().err
@@ -176,9 +176,9 @@ def test_ensemble_search_then_apply_to_test(tmp_path, epic_dir, val_files, test_
     pa, pb = write_results(tmp_path / "ta.npz", test_ids, ta), write_results(tmp_path / "tb.npz", test_ids, tb)
     out, val_out = tmp_path / "test_fused.npz", tmp_path / "val_fused.npz"
     args = ["ensemble", *map(str, val_files), "--search", "--annotations", str(epic_dir / "EPIC_100_validation.csv")]
-    assert cli.run(args + ["--apply-to", f"{pa}", "--out", str(out)]) == 1  # one test file per model
+    assert cli.run(args + ["--apply_to", f"{pa}", "--out", str(out)]) == 1  # one test file per model
     assert "one test file per validation file" in capsys.readouterr().err
-    assert cli.run(args + ["--apply-to", f"{pa},{pb}", "--out", str(out), "--val-out", str(val_out)]) == 0
+    assert cli.run(args + ["--apply_to", f"{pa},{pb}", "--out", str(out), "--val_out", str(val_out)]) == 0
     printed = capsys.readouterr().out
     assert "weights: 0.3,0.7" in printed and "all_action_accuracy_at_1: 100.0000" in printed
     fused = read_results(out)
@@ -191,7 +191,7 @@ def test_ensemble_search_then_apply_to_test(tmp_path, epic_dir, val_files, test_
 def test_submission_command(tmp_path, epic_dir, test_ids, capsys):
     fused = write_results(tmp_path / "fused.npz", test_ids, _random_epic(test_ids, 4))
     out = tmp_path / "submission.zip"
-    sls = ["--sls-pt", "2", "--sls-tl", "3", "--sls-td", "4"]
+    sls = ["--sls_pt", "2", "--sls_tl", "3", "--sls_td", "4"]
     assert cli.run(["submission", str(fused), "--out", str(out), *sls]) == 0
     sub = epic.read_submission(out)
     assert (sub["version"], sub["challenge"], sub["sls_pt"], sub["sls_tl"], sub["sls_td"]) == (
@@ -206,16 +206,16 @@ def test_submission_command(tmp_path, epic_dir, test_ids, capsys):
     assert {len(e["action"]) for e in sub["results"].values()} == {100}
     out.unlink()
     # Bad inputs: nothing is written.
-    timestamps = ["--test-timestamps", str(epic_dir / "EPIC_100_test_timestamps.csv")]
+    timestamps = ["--test_timestamps", str(epic_dir / "EPIC_100_test_timestamps.csv")]
     assert cli.run(["submission", str(fused), "--out", str(out), *sls, *timestamps]) == 1
     assert "13067 test segment(s) have no scores" in capsys.readouterr().err
-    assert cli.run(["submission", str(fused), "--out", str(out), "--sls-pt", "2", "--sls-tl", "3"]) == 2
+    assert cli.run(["submission", str(fused), "--out", str(out), "--sls_pt", "2", "--sls_tl", "3"]) == 2
     assert cli.run(["submission", str(fused), "--out", str(out), *sls[:-1], "9"]) == 2
     pkl = write_epic_pickle(tmp_path / "fused.pkl", read_results(fused))
     assert cli.run(["submission", str(pkl), "--out", str(out), *sls]) == 1
-    assert "--allow-pickle" in capsys.readouterr().err
+    assert "--allow_pickle" in capsys.readouterr().err
     assert not out.exists()
-    assert cli.run(["submission", str(pkl), "--out", str(out), *sls, "--allow-pickle", "--noactions"]) == 0
+    assert cli.run(["submission", str(pkl), "--out", str(out), *sls, "--allow_pickle", "--noactions"]) == 0
     assert "action" not in next(iter(epic.read_submission(out)["results"].values()))
 
 

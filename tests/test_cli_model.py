@@ -7,9 +7,11 @@ import tensorflow as tf
 
 from mtv.cli import run
 from mtv.io import flax_msgpack
+from tests.conftest import needs_shared
 from tests.helpers import FIXTURE, fixture_input
 
-LOGITS = np.load(FIXTURE / "logits.npy")
+pytestmark = needs_shared  # every test here uses the Scenic fixture from ../shared
+LOGITS = np.load(FIXTURE / "logits.npy") if FIXTURE.is_dir() else None
 
 
 def test_convert_to_preset_and_back_to_scenic(tmp_path, capsys):

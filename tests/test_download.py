@@ -177,7 +177,7 @@ def test_server_down_says_which_url_and_what_to_do():
     message = str(info.value)
     assert f"could not download {url}" in message
     assert "refused" in message.lower()
-    assert "mtv.load('/path/to/checkpoint_N')" in message and "--from-file" in message
+    assert "mtv.load('/path/to/checkpoint_N')" in message and "--from_file" in message
 
 
 def test_http_error_is_reported(server):

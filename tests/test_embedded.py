@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -21,12 +22,13 @@ def model():
 
 def test_preset_is_small_and_describes_itself(model):
     size = sum(p.stat().st_size for p in PRESET.iterdir())
-    assert size < 4 * 2**20
+    assert size < 2 * 2**20
+    assert json.loads((PRESET / "config.json").read_text())["version"] == 2  # weights under their Flax names
     meta = model.metadata
     assert meta["class_names"] == synthetic.class_names()
     pre = meta["preprocessing"]
     assert (pre["num_frames"], pre["stride"], pre["crop_size"]) == (16, 1, 64)
-    assert tuple(model.input_frames_shape[:3]) == (16, 64, 64)
+    assert model.input_shapes == {"rgb": (16, 64, 64, 3)}
     assert {"min_resize", "clips", "crops", "zero_centering"} <= set(pre)
     assert meta["accuracy"]["top1"] > 50 and "never used in training" in meta["accuracy"]["source"]
     assert meta["retrain_command"].startswith("mtv train --config=configs/camera_motion/camera_motion_mtv.py")

@@ -10,11 +10,15 @@ import pytest
 import tensorflow as tf
 
 import mtv
+from mtv.data.preprocessor import VideoPreprocessor
+from mtv.data.transforms import video_to_eval_views
 from mtv.errors import ExportError
-from mtv.io.hub import make_hub_tarball, preprocess_uint8
+from mtv.io.hub import make_hub_tarball
+from tests.conftest import needs_shared
 from tests.helpers import FIXTURE, fixture_input, fixture_model, serve_directory
 
-LOGITS = np.load(FIXTURE / "logits.npy")
+pytestmark = needs_shared  # every test here uses the Scenic fixture from ../shared
+LOGITS = np.load(FIXTURE / "logits.npy") if FIXTURE.is_dir() else None
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +44,25 @@ def test_signatures_match_keras_model(exported):
     np.testing.assert_allclose(one, LOGITS[:1], atol=1e-5)
 
 
-def test_uint8_signature_does_the_preprocessing(exported):
+def test_uint8_signature_gives_the_evaluation_centre_view(tmp_path):
+    model = fixture_model()
+    loaded = tf.saved_model.load(str(mtv.export(model, tmp_path / "saved", min_resize=37)))
+    # 48x70 frames: the DMVR size rule (70 * 37 // 48 = 53) differs from rounding (54), so any drift shows.
+    raw = np.random.default_rng(0).integers(0, 256, size=(2, 8, 48, 70, 3), dtype=np.uint8)
+    got = loaded.signatures["serving_uint8"](frames=tf.constant(raw))["logits"].numpy()
+    views = np.concatenate([video_to_eval_views(clip, num_frames=8, stride=1, num_clips=1, crop_size=32,
+                                                min_resize=37, three_crops=False) for clip in raw])
+    np.testing.assert_allclose(got, np.asarray(model(views)), atol=1e-4)
+
+
+def test_uint8_signature_defaults_to_the_models_preprocessing(exported):
     model, path, _ = exported
     loaded = tf.saved_model.load(str(path))
-    raw = np.random.default_rng(0).integers(0, 256, size=(2, 8, 48, 60, 3), dtype=np.uint8)
+    raw = np.random.default_rng(1).integers(0, 256, size=(1, 8, 40, 52, 3), dtype=np.uint8)
     got = loaded.signatures["serving_uint8"](frames=tf.constant(raw))["logits"].numpy()
-    # Reference: resize shorter side to 37 (= 32*256/224 rounded), centre crop 32, to [-1, 1].
-    frames = tf.image.convert_image_dtype(tf.constant(raw.reshape(16, 48, 60, 3)), tf.float32)
-    frames = tf.image.resize(frames, (37, 46))
-    frames = tf.image.resize_with_crop_or_pad(frames, 32, 32) * 2 - 1
-    want = np.asarray(model(tf.reshape(frames, (2, 8, 32, 32, 3))))
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    pre = preprocess_uint8(tf.constant(raw), crop_size=(32, 32), min_resize=37).numpy()
-    assert pre.shape == (2, 8, 32, 32, 3) and pre.min() >= -1 and pre.max() <= 1
+    # No preset metadata: evaluation's fallback, the short side resized to the 32-pixel crop.
+    want = np.asarray(model(VideoPreprocessor(crop_size=32, min_resize=32)(raw)))
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_hub_load_local_and_over_http(exported, monkeypatch, tmp_path):

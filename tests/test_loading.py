@@ -15,14 +15,12 @@ import mtv
 from mtv.errors import CheckpointError, DownloadError, ZooError
 from mtv.io import flax_msgpack
 from mtv.io.presets import is_preset, save_preset
-from tests.helpers import FIXTURE, fixture_input, fixture_model, serve_directory
-
-LOGITS = np.load(FIXTURE / "logits.npy")
+from tests.helpers import FIXTURE, fixture_input, fixture_logits, fixture_model, require_shared, serve_directory
 
 
 def _close(model, atol=1e-5):
     out = np.asarray(model(fixture_input()))
-    np.testing.assert_allclose(out, LOGITS, atol=atol)
+    np.testing.assert_allclose(out, fixture_logits(), atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +38,7 @@ def test_load_preset_dir_and_keras_file(model, tmp_path):
 
 
 def test_load_scenic_checkpoint_dir_2022_layout(tmp_path):
+    require_shared()
     params = dict(np.load(FIXTURE / "params.npz"))
     ckpt_dir = tmp_path / "ckpt"
     ckpt_dir.mkdir()
@@ -84,6 +83,8 @@ def test_load_preset_tarball_from_url(model, tmp_path):
 def fake_zoo(tmp_path, monkeypatch):
     """A registry with one Scenic-checkpoint entry served by a local HTTP server."""
     from mtv.io import registry as zoo
+
+    require_shared()
     real = json.loads(zoo.registry_path().read_text())
     entry = dict(next(e for e in real["models"] if e["name"] == "mtv-b-k400"))
     site = tmp_path / "site"

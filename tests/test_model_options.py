@@ -230,7 +230,7 @@ def test_stochastic_depth_rates_follow_scenic():
                                global_encoder={**_global(), "num_layers": 3})
     model = _model(config)
     depths = [v[3] for v in views]
-    encoder = model.encoder
+    encoder = model.backbone.encoder
     checked = 0
     for layer in range(max(depths)):
         cross = encoder.cross_blocks[layer]
@@ -252,7 +252,7 @@ def test_stochastic_depth_rates_follow_scenic():
                 for drop in (block.drop_path_0, block.drop_path_1):
                     assert drop.rate == pytest.approx(_scenic_rate(layer, depth, sd)), (layer, i)
                     checked += 1
-    for layer, block in enumerate(model.global_encoder.blocks):
+    for layer, block in enumerate(model.backbone.global_encoder.blocks):
         assert block.drop_path_0.rate == pytest.approx(_scenic_rate(layer, 3, sd))
         assert block.drop_path_1.rate == pytest.approx(_scenic_rate(layer, 3, sd))
     # cross layer 1: pairs (1,2), (0,1) + msa/mlp of 2 views; layer 3: pairs + view1 only

@@ -1,4 +1,5 @@
-"""M&M (multimodal MTV): every modality subset, RGB-only parity with MTV, init from MTV, configs, errors."""
+"""M&M (MTVClassifier on MMBackbone): every modality subset, RGB-only parity with MTV, init from MTV, configs,
+errors."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import tensorflow as tf
 from mtv.errors import CheckpointError, ConfigError, ShapeError
 from mtv.io.configs import load_config
 from mtv.io.scenic import assign_flax_params
-from mtv.models.mtv import MTV
-from mtv.models.multimodal import MultimodalMTV, build_multimodal_model
-from mtv.models.multimodal_spec import mtv_spec, multimodal_spec_from_config
-from mtv.models.spec import spec_from_config
+from mtv.models.builder import build_model
+from mtv.models.mm_backbone import MMBackbone
+from mtv.models.mtv_backbone import MTVBackbone
+from mtv.models.mtv_classifier import MTVClassifier
+from mtv.models.spec import HEAD_FIELDS, spec_from_config
 from mtv.training.multimodal_init import init_from_mtv, zoom_linear
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +73,7 @@ def logits_of(out):
 
 @pytest.fixture(scope="module")
 def full_model():
-    model = build_multimodal_model(tiny_config(), seed=0)
+    model = build_model(tiny_config(), seed=0)
     randomize(model, seed=1)
     return model
 
@@ -81,7 +83,7 @@ def full_model():
 
 @pytest.mark.parametrize("modalities", SUBSETS, ids=["+".join(s) for s in SUBSETS])
 def test_each_subset_builds_and_runs(modalities):
-    model = build_multimodal_model(tiny_config(modalities), seed=0)
+    model = build_model(tiny_config(modalities), seed=0)
     assert model.modalities == list(modalities)
     out = model(inputs_for(model))
     assert set(out) == {"noun", "verb"}
@@ -98,7 +100,7 @@ def test_each_subset_builds_and_runs(modalities):
 
 
 def test_bottleneck_fusion_over_all_streams():
-    model = build_multimodal_model(tiny_config(fusion="bottleneck"), seed=0)
+    model = build_model(tiny_config(fusion="bottleneck"), seed=0)
     randomize(model, seed=3)
     params = model.flax_params()
     # Descending order visits the audio view (last, width 24) first.
@@ -111,7 +113,7 @@ def test_bottleneck_fusion_over_all_streams():
 
 
 def test_real_epic_heads_slice_one_dense():
-    model = build_multimodal_model(tiny_config(("rgb", "audio"), class_splits=(300, 97)), seed=0)
+    model = build_model(tiny_config(("rgb", "audio"), class_splits=(300, 97)), seed=0)
     randomize(model, seed=2)
     x = inputs_for(model, batch=3)
     out = model(x)
@@ -127,21 +129,28 @@ def test_real_epic_heads_slice_one_dense():
 # ---------------------------------------------------------------------------------- parity with MTV
 
 
+def _on_mm_backbone(model):
+    """The same spec and weights with the M&M backbone class (which an RGB-only spec does not need)."""
+    spec = model.spec
+    twin = MTVClassifier(MMBackbone(spec), **{k: spec[k] for k in HEAD_FIELDS})
+    assign_flax_params(twin, {k: v.numpy() for k, v in model.flax_params().items()})
+    return twin
+
+
 def test_rgb_only_is_mtv_on_the_scenic_fixture(shared_dir):
     case = shared_dir / "fixtures" / "scenic_mtv" / "cva_2view"
     config = json.loads((case / "config.json").read_text())
-    mm = build_multimodal_model(config)
-    spec = spec_from_config(config)
-    assert mtv_spec(mm.spec) == spec
-    ref = MTV(spec)
-    assert {k: tuple(v.shape) for k, v in mm.flax_params().items()} == {
-        k: tuple(v.shape) for k, v in ref.flax_params().items()}
+    mm_config = copy.deepcopy(config)
+    mm_config["config"]["model"]["modalities"] = {"rgb": {}}
+    model = build_model(mm_config)
+    assert model.spec == spec_from_config(config)
+    assert type(model.backbone) is MTVBackbone  # one spec, one model: RGB alone is MTV
     with np.load(case / "params.npz") as data:
         flat = {k: data[k] for k in data.files}
-    assign_flax_params(mm, flat)
-    assign_flax_params(ref, flat)
+    assign_flax_params(model, flat)
+    mm = _on_mm_backbone(model)
     x = np.load(case / "input.npy")
-    ours, theirs = np.asarray(mm({"rgb": x})), np.asarray(ref(x))
+    ours, theirs = np.asarray(mm({"rgb": x})), np.asarray(model(x))
     assert np.abs(ours - theirs).max() <= 1e-6
     np.testing.assert_allclose(ours, np.load(case / "logits.npy"), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(mm(x)), ours)  # a bare array is fine with one stream
@@ -149,12 +158,11 @@ def test_rgb_only_is_mtv_on_the_scenic_fixture(shared_dir):
 
 def test_rgb_only_matches_mtv_with_bottleneck_fusion():
     # The fixture covers cross-view attention; bottleneck fusion takes the other path through the encoder.
-    mm = build_multimodal_model(tiny_config(("rgb",), fusion="bottleneck"), seed=0)
-    randomize(mm, seed=4)
-    ref = MTV(mtv_spec(mm.spec))
-    assign_flax_params(ref, {k: v.numpy() for k, v in mm.flax_params().items()})
-    x = inputs_for(mm, batch=2, seed=5)
-    assert np.abs(logits_of(mm(x)) - logits_of(ref(x["rgb"]))).max() <= 1e-6
+    model = build_model(tiny_config(("rgb",), fusion="bottleneck"), seed=0)
+    randomize(model, seed=4)
+    mm = _on_mm_backbone(model)
+    x = inputs_for(model, batch=2, seed=5)
+    assert np.abs(logits_of(mm(x)) - logits_of(model(x["rgb"]))).max() <= 1e-6
 
 
 def test_each_modality_changes_the_output(full_model):
@@ -173,7 +181,7 @@ def test_keras_round_trip_is_exact(full_model, tmp_path):
     path = tmp_path / "mm.keras"
     full_model.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, MultimodalMTV)
+    assert isinstance(loaded, MTVClassifier) and type(loaded.backbone) is MMBackbone
     assert loaded.spec == full_model.spec
     x = inputs_for(full_model, seed=8)
     np.testing.assert_array_equal(logits_of(loaded(x)), logits_of(full_model(x)))
@@ -185,7 +193,7 @@ def test_preset_round_trip(full_model, tmp_path):
 
     save_preset(full_model, tmp_path / "mm_preset", metadata={"name": "tiny"})
     loaded = load_preset(tmp_path / "mm_preset")
-    assert isinstance(loaded, MultimodalMTV)
+    assert isinstance(loaded, MTVClassifier) and type(loaded.backbone) is MMBackbone
     x = inputs_for(full_model, seed=9)
     np.testing.assert_array_equal(logits_of(loaded(x)), logits_of(full_model(x)))
 
@@ -194,8 +202,7 @@ def test_preset_round_trip(full_model, tmp_path):
 
 
 def _random_mtv(seed=10):
-    spec = mtv_spec(multimodal_spec_from_config(tiny_config(("rgb",))))
-    mtv = MTV(spec)
+    mtv = MTVClassifier.from_spec(spec_from_config(tiny_config(("rgb",))))
     randomize(mtv, seed=seed)
     return mtv
 
@@ -203,7 +210,7 @@ def _random_mtv(seed=10):
 def test_init_from_mtv_model_copies_rgb_and_adapts_flow_and_audio():
     mtv = _random_mtv()
     src = {k: v.numpy() for k, v in mtv.flax_params().items()}
-    model = build_multimodal_model(tiny_config(), seed=0)
+    model = build_model(tiny_config(), seed=0)
     before = {k: v.numpy() for k, v in model.flax_params().items()}
     report = init_from_mtv(model, mtv)
     got = {k: v.numpy() for k, v in model.flax_params().items()}
@@ -247,7 +254,7 @@ def test_init_from_mtv_model_copies_rgb_and_adapts_flow_and_audio():
 
 def test_init_of_an_rgb_only_model_reproduces_mtv():
     mtv = _random_mtv(seed=11)
-    model = build_multimodal_model(tiny_config(("rgb",)), seed=0)
+    model = build_model(tiny_config(("rgb",)), seed=0)
     report = init_from_mtv(model, mtv, restore_output_projection=True)
     assert report["initialised"] == [] and report["adapted"] == {}
     x = inputs_for(model, seed=12)
@@ -259,7 +266,7 @@ def test_init_from_scenic_params_resizes_the_positional_grid(shared_dir):
     case = shared_dir / "fixtures" / "scenic_mtv" / "cva_2view"
     with np.load(case / "params.npz") as data:
         src = {k: data[k] for k in data.files}
-    model = build_multimodal_model(tiny_config(("rgb", "flow")), seed=0)
+    model = build_model(tiny_config(("rgb", "flow")), seed=0)
     report = init_from_mtv(model, case / "params.npz")
     pos = model.flax_params()["MultiviewEncoder/posembed_input_view0/pos_embedding"].numpy()
     table = src["MultiviewEncoder/posembed_input_view0/pos_embedding"]
@@ -274,7 +281,7 @@ def test_init_from_scenic_params_resizes_the_positional_grid(shared_dir):
 def test_init_rejects_a_stream_without_a_source_view_of_its_size():
     config = tiny_config(("rgb", "audio"))
     config["model"]["modalities"]["audio"]["view_configs"] = [view(32, 4, (8, 8))]
-    model = build_multimodal_model(config, seed=0)
+    model = build_model(config, seed=0)
     with pytest.raises(CheckpointError, match="view 2 \\(audio"):
         init_from_mtv(model, _random_mtv())
 
@@ -289,7 +296,7 @@ def test_zoom_linear_matches_scipy():
 
 
 def test_training_step_reaches_every_stream(full_model):
-    model = MultimodalMTV.from_config(full_model.get_config())
+    model = MTVClassifier.from_config(full_model.get_config())
     for dst, src in zip(model.flax_params().values(), full_model.flax_params().values(), strict=True):
         dst.assign(src)
     x = inputs_for(model, batch=2, seed=13)
@@ -327,7 +334,7 @@ def test_bad_inputs_raise_shape_errors_naming_the_problem(full_model):
         full_model(x | {"audio": x["audio"][:1]})
     with pytest.raises(ShapeError, match="takes a dict"):
         full_model(x["rgb"])
-    rgb_audio = build_multimodal_model(tiny_config(("rgb", "audio")), seed=0)
+    rgb_audio = build_model(tiny_config(("rgb", "audio")), seed=0)
     with pytest.raises(ShapeError, match="no flow stream"):
         rgb_audio(inputs_for(rgb_audio) | {"flow": x["flow"]})
 
@@ -355,21 +362,21 @@ def _with(config, path, value):
 ])
 def test_bad_configs_raise_config_errors(path, value, message):
     with pytest.raises(ConfigError, match=message):
-        multimodal_spec_from_config(_with(tiny_config(), path, value))
+        spec_from_config(_with(tiny_config(), path, value))
 
 
 def test_audio_sizes_must_agree_between_model_and_dataset():
     config = _with(tiny_config(), "dataset_configs.audio", {"num_frames": 64, "num_mel_bins": 16})
     with pytest.raises(ConfigError, match="disagree on the audio frames"):
-        multimodal_spec_from_config(config)
+        spec_from_config(config)
     del config["model"]["modalities"]["audio"]["num_frames"]
-    assert multimodal_spec_from_config(config)["modalities"]["audio"]["num_frames"] == 64
+    assert spec_from_config(config)["modalities"]["audio"]["num_frames"] == 64
 
 
 def test_audio_variant_string():
     config = tiny_config(("rgb", "audio"))
     config["model"]["modalities"]["audio"] = {"variant": "Ti/8x4", "num_frames": 32, "mel_bins": 16}
-    spec = multimodal_spec_from_config(config)
+    spec = spec_from_config(config)
     audio = spec["views"][-1]
     assert (audio["modality"], audio["hidden_size"], audio["num_layers"], audio["patch_size"]) == ("audio", 192, 12,
                                                                                                    [8, 4])
@@ -401,7 +408,7 @@ def test_mm_configs_extend_the_epic_mtv_config(name):
     assert all(k.startswith(("model.modalities.", "dataset_configs.audio.", "dataset_configs.flow.")) for k in added)
     changed = {k for k in base if k not in ("experiment_name", "model_name") and str(base[k]) != str(ours[k])}
     assert changed == set()
-    spec = multimodal_spec_from_config(config)
+    spec = spec_from_config(config)
     assert list(spec["modalities"]) == MM_CONFIGS[name]
     assert spec["class_splits"] == [300, 97] and spec["split_names"] == ["noun", "verb"]
     assert spec["modalities"]["rgb"] == {"num_frames": 64, "image_size": [224, 224], "channels": 3}
@@ -409,6 +416,9 @@ def test_mm_configs_extend_the_epic_mtv_config(name):
         assert spec["modalities"]["audio"] == {"num_frames": 128, "mel_bins": 128, "channels": 1}
 
 
-def test_plain_mtv_config_gives_the_mtv_spec():
+def test_plain_mtv_config_gives_the_rgb_only_spec():
     config = load_config(str(REPO / "configs" / "epic_kitchens" / "epic_mtv_b2_cva.py"))
-    assert mtv_spec(multimodal_spec_from_config(config)) == spec_from_config(config)
+    spec = spec_from_config(config)
+    assert list(spec["modalities"]) == ["rgb"] and {v["modality"] for v in spec["views"]} == {"rgb"}
+    config.model.modalities = {"rgb": {}}
+    assert spec_from_config(config) == spec

@@ -169,7 +169,7 @@ def test_inference_notebook_labels_a_real_video(execute, tmp_path, fixture_prese
     np.testing.assert_allclose([e["probability"] for e in shown["heads"]["logits"]],
                                [e["probability"] for e in direct["heads"]["logits"]], rtol=1e-4)
     assert direct["heads"]["logits"][0]["label"] in _text(nb)
-    frames, height, width, _ = mtv.load(handle).input_frames_shape
+    frames, height, width, _ = mtv.load(handle).input_shapes["rgb"]
     assert f"views (2, {frames}, {height}, {width}, 3)" in _text(nb)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtv.cli import run
-from mtv.errors import DataError
+from mtv.errors import ConfigError, DataError
 from mtv.eval.prediction import average_views, parse_views, predict
 from mtv.io.presets import save_preset
 from tests.helpers import fixture_model
@@ -38,7 +38,7 @@ def test_parse_views_and_rules():
     np.testing.assert_allclose(mean_logits, np.exp([2, 0.5]) / np.exp([2, 0.5]).sum())
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(mean_probs, p.mean(0))
-    with pytest.raises(DataError, match="rule"):
+    with pytest.raises(ConfigError, match="rule"):
         average_views(logits, "median")
 
 
@@ -51,7 +51,8 @@ def test_predict_real_clip_matches_manual_views(preset, videos_dir):
     result = predict(clip, model=str(preset), top=3)
     assert result["views"] == "2x3" and len(result["heads"]["logits"]) == 3
     model = load_preset(preset)
-    views = video_to_eval_views(load_video(clip, min_resize=72), num_frames=8, stride=2, num_clips=2,
+    # The evaluation views of the fully decoded clip: predict resizes while decoding, to the same pixels.
+    views = video_to_eval_views(load_video(clip), num_frames=8, stride=2, num_clips=2,
                                 crop_size=32, min_resize=36, three_crops=True)
     probs = average_views(np.asarray(model(views)))
     top = result["heads"]["logits"][0]

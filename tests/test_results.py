@@ -62,7 +62,7 @@ def test_epic_pickle_needs_allow_pickle(tmp_path):
         raw = pickle.load(f)
     assert set(raw) == {"verb_output", "noun_output", "narration_id"}
     assert raw["verb_output"].shape == (3, 97) and raw["noun_output"].shape == (3, 300)
-    with pytest.raises(ResultsError, match="--allow-pickle") as e:
+    with pytest.raises(ResultsError, match="--allow_pickle") as e:
         res.read_results(path)
     assert "arbitrary code" in str(e.value) and "scores.pkl" in str(e.value)
     back = res.read_results(path, allow_pickle=True)
@@ -88,7 +88,7 @@ def test_pickle_without_pkl_suffix_is_still_refused(tmp_path):
     path = tmp_path / "scores.bin"
     path.write_bytes(pickle.dumps({"verb_output": outputs["verb"], "noun_output": outputs["noun"],
                                    "narration_id": np.array(ids)}))
-    with pytest.raises(ResultsError, match="allow-pickle"):
+    with pytest.raises(ResultsError, match="--allow_pickle"):
         res.read_results(path)
 
 

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from mtv.cli import run
-from mtv.data import synthetic
+from mtv.data import mixing, synthetic
 from mtv.errors import ConfigError, DataError
 from mtv.io.configs import load_config
 from mtv.training import checkpoints as ckpt_lib
-from mtv.training import inputs as inputs_lib
 from mtv.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +62,8 @@ def test_evaluate_command_on_the_trained_run(trained, tmp_path, capsys):
     from mtv.epic.results import read_results
 
     config, result = trained
-    clips, labels = inputs_lib.camera_motion_eval(config.dataset_configs.synthetic.to_dict(), num_frames=8, size=32,
-                                                  count=52, seed=99)
+    clips, labels = synthetic.camera_motion_eval(config.dataset_configs.synthetic.to_dict(), num_frames=8, size=32,
+                                                 count=52, seed=99)
     write_tfrecords([ClipExample(id=f"clip{i}", frames=c, labels={"label": [int(y)]})
                      for i, (c, y) in enumerate(zip(clips, labels, strict=True))], tmp_path, name="heldout")
     out = tmp_path / "scores.npz"
@@ -255,9 +254,9 @@ def test_mixture_follows_the_sampling_weights_and_resumes_exactly():
     def const(value):
         return tf.data.Dataset.from_tensors(tf.constant(value)).repeat()
 
-    picks = [int(x) for x in inputs_lib.mixture([const(0), const(1)], [3.0, 1.0], seed=4, start_step=0).take(800)]
+    picks = [int(x) for x in mixing.mixture([const(0), const(1)], [3.0, 1.0], seed=4, start_step=0).take(800)]
     assert np.mean(np.array(picks) == 0) == pytest.approx(0.75, abs=0.05)
-    tail = [int(x) for x in inputs_lib.mixture([const(0), const(1)], [3.0, 1.0], seed=4, start_step=500).take(300)]
+    tail = [int(x) for x in mixing.mixture([const(0), const(1)], [3.0, 1.0], seed=4, start_step=500).take(300)]
     assert tail == picks[500:]
 
 
@@ -266,8 +265,8 @@ def test_mixup_mixes_inputs_and_labels_with_one_lambda_per_batch():
 
     x = np.arange(4 * 2, dtype=np.float32).reshape(4, 1, 1, 1, 2)
     y = np.eye(4, dtype=np.float32)
-    ds = inputs_lib.mixup_batches(tf.data.Dataset.from_tensors((x, {"label": y})).repeat(), 0.4, seed=1,
-                                  start_step=0)
+    ds = mixing.mixup_batches(tf.data.Dataset.from_tensors((x, {"label": y})).repeat(), 0.4, seed=1,
+                              start_step=0)
     first, second = list(ds.take(2))
     for mx, my in (first, second):
         lam = float(my["label"][0, 0])

@@ -43,7 +43,12 @@ def _write(tmp_path: Path, doc: dict) -> Path:
 # ------------------------------------------------------------------------------------------ registry
 
 
-def test_registry_path_is_the_repo_zoo_file():
+def test_registry_path_is_the_repo_zoo_file_found_as_package_data():
+    from importlib.resources import files
+
+    # Found through importlib.resources (package mtv.zoo), never relative to the source tree; in this
+    # editable install that package is the repository's top-level zoo/ folder.
+    assert zoo.registry_path() == files("mtv.zoo") / "models.json"
     assert zoo.registry_path() == REPO / "zoo" / "models.json"
 
 
@@ -58,7 +63,7 @@ def test_embedded_default_is_registered_and_shipped():
     e = zoo.get_entry("camera-motion")
     assert e["kind"] == "embedded" and e["num_classes"] == 13
     path = zoo.embedded_path(e)
-    assert (path / "model.weights.h5").stat().st_size < 5_000_000
+    assert (path / "weights.msgpack").stat().st_size < 5_000_000
     assert zoo.class_names("camera-motion") == json.loads((path / "metadata.json").read_text())["class_names"]
 
 
@@ -369,7 +374,7 @@ def test_cli_errors(capsys):
     assert run(["zoo", "destroy"]) == 2
     assert "unknown subcommand 'destroy'" in capsys.readouterr().err
     assert run(["zoo", "info"]) == 2
-    assert run(["zoo", "list", "--from-file", "x"]) == 2
+    assert run(["zoo", "list", "--from_file", "x"]) == 2
 
 
 def test_cli_fetch_calls_fetch_preset(capsys, monkeypatch, tmp_path):
@@ -382,7 +387,7 @@ def test_cli_fetch_calls_fetch_preset(capsys, monkeypatch, tmp_path):
         return tmp_path / name
 
     monkeypatch.setattr(mtv.io.loading, "fetch_preset", fake_fetch_preset)
-    assert run(["zoo", "fetch", "mtv_l_mit", "--from-file", "/data/checkpoint_1"]) == 0
+    assert run(["zoo", "fetch", "mtv_l_mit", "--from_file", "/data/checkpoint_1"]) == 0
     assert calls == [("mtv-l-mit", "/data/checkpoint_1")]
     assert capsys.readouterr().out.strip() == str(tmp_path / "mtv-l-mit")
     assert run(["zoo", "fetch", "mtv-b-k400"]) == 0

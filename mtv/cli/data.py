@@ -11,19 +11,19 @@ HELP = "Prepare data: `mtv data prepare CSV --out DIR` writes sharded TFRecords 
 
 flags.DEFINE_string("out", None, "Output directory for the TFRecord shards.", flag_values=FLAGS)
 flags.DEFINE_integer("shards", 1, "Number of output shards.", flag_values=FLAGS)
-flags.DEFINE_string("video-root", None, "Folder the CSV's paths / Epic video_ids are relative to "
+flags.DEFINE_string("video_root", None, "Folder the CSV's paths / Epic video_ids are relative to "
                     "(default: the CSV's folder).", flag_values=FLAGS)
 flags.DEFINE_string("name", None, "Shard name prefix (default: the CSV's file name).", flag_values=FLAGS)
-flags.DEFINE_integer("num-classes", None, "Number of classes: labels must lie in [0, N).", flag_values=FLAGS)
-flags.DEFINE_integer("min-resize", 256, "Store frames with their smaller side shrunk to this (0: keep size).",
+flags.DEFINE_integer("num_classes", None, "Number of classes: labels must lie in [0, N).", flag_values=FLAGS)
+flags.DEFINE_integer("min_resize", 256, "Store frames with their smaller side shrunk to this (0: keep size).",
                      flag_values=FLAGS)
-flags.DEFINE_integer("max-frames", None, "Keep at most this many frames per video.", flag_values=FLAGS)
-flags.DEFINE_float("frames-fps", 30.0, "Frame rate of frame directories.", flag_values=FLAGS)
+flags.DEFINE_integer("max_frames", None, "Keep at most this many frames per video.", flag_values=FLAGS)
+flags.DEFINE_float("frames_fps", 30.0, "Frame rate of frame directories.", flag_values=FLAGS)
 flags.DEFINE_bool("audio", False, "Also store the audio track (mono, 16 kHz).", flag_values=FLAGS)
 flags.DEFINE_bool("flow", False, "Also store optical flow (Epic flow_frames, else Farneback).", flag_values=FLAGS)
-flags.DEFINE_integer("jpeg-quality", 90, "JPEG quality of the stored frames.", flag_values=FLAGS)
+flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.", flag_values=FLAGS)
 
-USAGE = "usage: mtv data prepare CSV --out DIR [--shards N] [--video-root DIR] [--name NAME] [--num-classes N]"
+USAGE = "usage: mtv data prepare CSV --out DIR [--shards N] [--video_root DIR] [--name NAME] [--num_classes N]"
 
 
 def main(argv: list[str]) -> int:
@@ -36,17 +36,17 @@ def main(argv: list[str]) -> int:
     if len(args) != 2:
         print(f"mtv data prepare: expected exactly one CSV file, got {len(args) - 1}\n{USAGE}", file=sys.stderr)
         return 2
-    if not FLAGS["out"].value:
+    if not FLAGS.out:
         print(f"mtv data prepare: --out is required\n{USAGE}", file=sys.stderr)
         return 2
     from mtv.data.prepare import prepare  # heavy imports (TensorFlow) only when needed
 
     result = prepare(
-        args[1], FLAGS["out"].value, num_shards=FLAGS["shards"].value, video_root=FLAGS["video-root"].value,
-        name=FLAGS["name"].value, num_classes=FLAGS["num-classes"].value,
-        min_resize=FLAGS["min-resize"].value or None, max_frames=FLAGS["max-frames"].value,
-        frames_fps=FLAGS["frames-fps"].value, with_audio=FLAGS["audio"].value, with_flow=FLAGS["flow"].value,
-        jpeg_quality=FLAGS["jpeg-quality"].value)
+        args[1], FLAGS.out, num_shards=FLAGS.shards, video_root=FLAGS.video_root,
+        name=FLAGS.name, num_classes=FLAGS.num_classes,
+        min_resize=FLAGS.min_resize or None, max_frames=FLAGS.max_frames,
+        frames_fps=FLAGS.frames_fps, with_audio=FLAGS.audio, with_flow=FLAGS.flow,
+        jpeg_quality=FLAGS.jpeg_quality)
     print(f"wrote {result.num_written} examples to {len(result.shards)} shard(s): "
           f"{result.shards[0].parent}/{result.shards[0].name.split('-00000-of-')[0]}-*")
     if result.skipped:

@@ -39,17 +39,17 @@ flags.DEFINE_integer(
     "grid", 10, "Search resolution: weights are multiples of 1/grid.", lower_bound=1, flag_values=FLAGS
 )
 flags.DEFINE_list(
-    "apply-to",
+    "apply_to",
     None,
     "Comma-separated test results, one per validation file in the same order: fused with the "
     "searched weights and written to --out.",
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
-    "val-out", None, "With --apply-to: where to write the fused validation results.", flag_values=FLAGS
+    "val_out", None, "With --apply_to: where to write the fused validation results.", flag_values=FLAGS
 )
 flags.DEFINE_bool(
-    "allow-pickle",
+    "allow_pickle",
     False,
     "Allow reading .pkl results (unpickling runs code from the file).",
     flag_values=FLAGS,
@@ -57,7 +57,7 @@ flags.DEFINE_bool(
 
 
 def _read_all(paths: list[str]):
-    return [read_results(p, allow_pickle=FLAGS["allow-pickle"].value) for p in paths]
+    return [read_results(p, allow_pickle=FLAGS.allow_pickle) for p in paths]
 
 
 def _parse_weights(values: list[str] | None):
@@ -75,9 +75,9 @@ def main(argv: list[str]) -> int:
         raise ResultsError("give one or more results files: mtv ensemble A.npz B.npz ... --out FUSED.npz")
     if not FLAGS.out:
         raise ResultsError("--out is required (where to write the fused results)")
-    apply_to = FLAGS["apply-to"].value
+    apply_to = FLAGS.apply_to
     if not FLAGS.search:
-        for name in ("annotations", "apply-to", "val-out"):
+        for name in ("annotations", "apply_to", "val_out"):
             if FLAGS[name].value:
                 raise ResultsError(f"--{name} is only used with --search")
         fused = ensemble.fuse(_read_all(paths), _parse_weights(FLAGS.weights), fuse=FLAGS.fuse)
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         raise ResultsError("--search needs --annotations (the validation CSV, e.g. EPIC_100_validation.csv)")
     if apply_to and len(apply_to) != len(paths):
         raise ResultsError(
-            f"--apply-to has {len(apply_to)} files but {len(paths)} validation files were given; "
+            f"--apply_to has {len(apply_to)} files but {len(paths)} validation files were given; "
             "give one test file per validation file, in the same order"
         )
     val = _read_all(paths)
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
     )
     print("weights: " + ",".join(f"{w:.4g}" for w in weights))
     print(f"{FLAGS.metric}: {score:.4f}")
-    val_out = FLAGS["val-out"].value if apply_to else FLAGS.out
+    val_out = FLAGS.val_out if apply_to else FLAGS.out
     if val_out:
         save(val_out, ensemble.fuse(val, weights, fuse=FLAGS.fuse))
         print(f"wrote {val_out}")

@@ -16,20 +16,20 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("annotations", None, "EPIC_100_validation.csv", flag_values=FLAGS)
 flags.mark_flag_as_required("annotations", flag_values=FLAGS)
 flags.DEFINE_string(
-    "tail-verb-classes-csv", None, "EPIC_100_tail_verbs.csv (for tail_* metrics).", flag_values=FLAGS
+    "tail_verb_classes_csv", None, "EPIC_100_tail_verbs.csv (for tail_* metrics).", flag_values=FLAGS
 )
 flags.DEFINE_string(
-    "tail-noun-classes-csv", None, "EPIC_100_tail_nouns.csv (for tail_* metrics).", flag_values=FLAGS
+    "tail_noun_classes_csv", None, "EPIC_100_tail_nouns.csv (for tail_* metrics).", flag_values=FLAGS
 )
 flags.DEFINE_string(
-    "unseen-participant-ids-csv",
+    "unseen_participant_ids_csv",
     None,
     "EPIC_100_unseen_participant_ids_validation.csv (for unseen_* metrics).",
     flag_values=FLAGS,
 )
 flags.DEFINE_bool("json", False, "Print the metrics as one JSON object.", flag_values=FLAGS)
 flags.DEFINE_bool(
-    "allow-pickle",
+    "allow_pickle",
     False,
     "Allow reading .pkl results (unpickling runs code from the file).",
     flag_values=FLAGS,
@@ -39,13 +39,13 @@ flags.DEFINE_bool(
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         raise ResultsError("give exactly one results file: mtv epic-score RESULTS --annotations CSV")
-    results = read_results(argv[1], allow_pickle=FLAGS["allow-pickle"].value)
+    results = read_results(argv[1], allow_pickle=FLAGS.allow_pickle)
     metrics = epic.compute_metrics(
         results,
         FLAGS.annotations,
-        tail_verb_classes_csv=FLAGS["tail-verb-classes-csv"].value,
-        tail_noun_classes_csv=FLAGS["tail-noun-classes-csv"].value,
-        unseen_participant_ids_csv=FLAGS["unseen-participant-ids-csv"].value,
+        tail_verb_classes_csv=FLAGS.tail_verb_classes_csv,
+        tail_noun_classes_csv=FLAGS.tail_noun_classes_csv,
+        unseen_participant_ids_csv=FLAGS.unseen_participant_ids_csv,
     )
     print(json.dumps(metrics, indent=2) if FLAGS.json else epic.metrics_table(metrics))
     return 0

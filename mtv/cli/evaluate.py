@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from absl import flags
-from ml_collections import config_flags
 
 from mtv.cli.config_flags import ConfigFlagValues
 from mtv.eval.evaluate import VIEW_RULES
 
 HELP = "multi-view evaluation (clips x crops) of a checkpoint or zoo model; prints top-1/top-5, writes scores"
 FLAGS = ConfigFlagValues()
-config_flags.DEFINE_config_file("config", None, "experiment config (model and test-time preprocessing)",
-                                flag_values=FLAGS, lock_config=False,
-                                sys_argv=FLAGS.argv)
+FLAGS.define_config_file("config", None, "experiment config (model and test-time preprocessing)", lock_config=False)
 flags.DEFINE_string("checkpoint", None, "training checkpoint, run workdir, preset dir or Scenic checkpoint",
                     flag_values=FLAGS)
 flags.DEFINE_string("model", None, "zoo name, preset dir or hub handle (instead of --checkpoint)", flag_values=FLAGS)

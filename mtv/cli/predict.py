@@ -1,14 +1,15 @@
-"""`mtv predict VIDEO`: print the top-k labels of a video."""
+"""`mtv predict [VIDEO]`: print the top-k labels of a video (without one, of the bundled sample clip)."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import flags
 
 from mtv.errors import DataError
 
-HELP = "label a video file or frames directory with a zoo model (default: the embedded one)"
+HELP = "label a video file or frames directory (default: the bundled sample) with a zoo model"
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("model", None, "zoo name, preset dir, .keras file or URL (default: the embedded model)",
                     flag_values=FLAGS)
@@ -22,9 +23,18 @@ flags.DEFINE_bool("json", False, "print a machine-readable JSON result", flag_va
 def main(argv: list[str]) -> int:
     from mtv.eval.prediction import predict
 
-    if len(argv) != 2:
-        raise DataError("usage: mtv predict VIDEO [--model HANDLE] [--views 4x3] [--top 5] [--json]")
-    result = predict(argv[1], model=FLAGS.model, views=FLAGS.views, top=FLAGS.top, rule=FLAGS.rule)
+    if len(argv) > 2:
+        raise DataError(f"give at most one video, got {len(argv) - 1}: "
+                        "usage: mtv predict [VIDEO] [--model HANDLE] [--views 4x3] [--top 5] [--json]")
+    if len(argv) == 2:
+        video = argv[1]
+    else:
+        from mtv.data import sample_video
+
+        video = str(sample_video())
+        # stderr, so that --json output stays one JSON document
+        print(f"no video given: labelling the bundled sample {video}", file=sys.stderr)
+    result = predict(video, model=FLAGS.model, views=FLAGS.views, top=FLAGS.top, rule=FLAGS.rule)
     if FLAGS.json:
         print(json.dumps(result, indent=1))
         return 0

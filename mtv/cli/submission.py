@@ -14,19 +14,19 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("out", None, "The submission zip to write.", flag_values=FLAGS)
 for _name, _what in (("pt", "pre-training"), ("tl", "training labels"), ("td", "training data")):
     flags.DEFINE_integer(
-        f"sls-{_name}",
+        f"sls_{_name}",
         None,
         f"Supervision level, {_what} (0-5, github.com/epic-kitchens/sls).",
         lower_bound=0,
         upper_bound=5,
         flag_values=FLAGS,
     )
-    flags.mark_flag_as_required(f"sls-{_name}", flag_values=FLAGS)
+    flags.mark_flag_as_required(f"sls_{_name}", flag_values=FLAGS)
 flags.DEFINE_enum(
     "challenge", "action_recognition", list(epic.CHALLENGES), "Challenge name.", flag_values=FLAGS
 )
 flags.DEFINE_string(
-    "test-timestamps",
+    "test_timestamps",
     None,
     "Optional EPIC_100_test_timestamps.csv: check the results cover exactly its segments.",
     flag_values=FLAGS,
@@ -35,7 +35,7 @@ flags.DEFINE_bool(
     "actions", True, "Include the top-100 'verb,noun' action scores per segment.", flag_values=FLAGS
 )
 flags.DEFINE_bool(
-    "allow-pickle",
+    "allow_pickle",
     False,
     "Allow reading .pkl results (unpickling runs code from the file).",
     flag_values=FLAGS,
@@ -47,15 +47,15 @@ def main(argv: list[str]) -> int:
         raise ResultsError("give exactly one results file: mtv submission FUSED.npz --out submission.zip ...")
     if not FLAGS.out:
         raise ResultsError("--out is required (the submission zip to write)")
-    results = read_results(argv[1], allow_pickle=FLAGS["allow-pickle"].value)
-    timestamps = FLAGS["test-timestamps"].value
+    results = read_results(argv[1], allow_pickle=FLAGS.allow_pickle)
+    timestamps = FLAGS.test_timestamps
     expected = epic.read_narration_ids(timestamps) if timestamps else None
     path = epic.make_submission(
         results,
         FLAGS.out,
-        sls_pt=FLAGS["sls-pt"].value,
-        sls_tl=FLAGS["sls-tl"].value,
-        sls_td=FLAGS["sls-td"].value,
+        sls_pt=FLAGS.sls_pt,
+        sls_tl=FLAGS.sls_tl,
+        sls_td=FLAGS.sls_td,
         challenge=FLAGS.challenge,
         include_actions=FLAGS.actions,
         expected_ids=expected,

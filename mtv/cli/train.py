@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from absl import flags
-from ml_collections import config_flags
 
 from mtv.cli.config_flags import ConfigFlagValues
 from mtv.training.strategy import STRATEGIES
 
 HELP = "train or fine-tune an MTV from a Scenic-style config (resumes from the workdir's last checkpoint)"
 FLAGS = ConfigFlagValues()
-config_flags.DEFINE_config_file("config", None, "experiment config file (fields can be overridden, e.g. "
-                                "--config.batch_size=4)", flag_values=FLAGS, lock_config=False,
-                                sys_argv=FLAGS.argv)
+FLAGS.define_config_file("config", None, "experiment config file (fields can be overridden, e.g. "
+                         "--config.batch_size=4)", lock_config=False)
 flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics.jsonl, tensorboard/", flag_values=FLAGS)
 flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy ('multi_worker' reads "
                   "TF_CONFIG; 'tpu' needs --tpu)", flag_values=FLAGS)

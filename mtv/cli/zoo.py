@@ -1,4 +1,4 @@
-"""`mtv zoo list | info NAME | fetch NAME [--from-file PATH]`: browse and fetch the model zoo."""
+"""`mtv zoo list | info NAME | fetch NAME [--from_file PATH]`: browse and fetch the model zoo."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from mtv.io import registry as zoo
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_boolean("json", False, "Print JSON (list, info) instead of text.", flag_values=FLAGS)
-flags.DEFINE_string("from-file", None, "fetch: convert this local copy of the upstream Scenic checkpoint "
+flags.DEFINE_string("from_file", None, "fetch: convert this local copy of the upstream Scenic checkpoint "
                     "instead of downloading it.", flag_values=FLAGS)
 
 HELP = "List, describe and fetch the pretrained checkpoints of the model zoo (list | info NAME | fetch NAME)."
 
-_USAGE = "usage: mtv zoo list [--json] | mtv zoo info NAME [--json] | mtv zoo fetch NAME [--from-file PATH]"
+_USAGE = "usage: mtv zoo list [--json] | mtv zoo info NAME [--json] | mtv zoo fetch NAME [--from_file PATH]"
 
 
 def _list() -> int:
@@ -48,7 +48,7 @@ def _fetch(name: str) -> int:
     from mtv.io.loading import fetch_preset  # heavy (TensorFlow): only imported when fetching
 
     entry = zoo.get_entry(name)
-    path = fetch_preset(entry["name"], from_file=FLAGS["from-file"].value)
+    path = fetch_preset(entry["name"], from_file=FLAGS.from_file)
     print(path)
     return 0
 
@@ -68,8 +68,8 @@ def main(argv: list[str]) -> int:
         print(f"mtv zoo {command}: expected {expected[command]} argument(s), got {rest}\n{_USAGE}",
               file=sys.stderr)
         return 2
-    if FLAGS["from-file"].value is not None and command != "fetch":
-        print("mtv zoo: --from-file only applies to `mtv zoo fetch`", file=sys.stderr)
+    if FLAGS.from_file is not None and command != "fetch":
+        print("mtv zoo: --from_file only applies to `mtv zoo fetch`", file=sys.stderr)
         return 2
     if command == "list":
         return _list()

@@ -210,7 +210,7 @@ def prepare(
     if num_shards < 1:
         raise DataError(f"--shards must be >= 1, got {num_shards}")
     if num_classes is not None and num_classes < 1:
-        raise DataError(f"--num-classes must be >= 1, got {num_classes}")
+        raise DataError(f"--num_classes must be >= 1, got {num_classes}")
     rows, layout = read_rows(csv_path, video_root=video_root, num_classes=num_classes)
     name = name or Path(csv_path).stem
     skipped: list[tuple[str, str]] = []

@@ -15,6 +15,10 @@ brightness/contrast change, and starts at a random place and time of its source.
 
 Sources: frames of real videos (`video_sources`, e.g. the clips in shared/data/videos), or procedural
 textures (`texture_sources`) when no video is at hand. Nothing binary is stored: clips are made on demand.
+
+As a training dataset it is registered as 'camera_motion' (`mtv.data.datasets`), with options in
+`dataset_configs.synthetic`: videos, source_min_resize, textures, num_train, num_eval, eval_seed,
+still_fraction. Training batch `s` is rendered from `(seed, s)`; held-out clips come from the held-out video.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+from absl import logging
 
+from mtv.data.datasets import DatasetRequest, DataSpec, register_dataset
 from mtv.errors import DataError
 
 MOTIONS = ("pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out")
@@ -217,3 +223,67 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0) 
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+# ------------------------------------------------------------------------------ as a dataset
+def _dataset_sources(options: Mapping, videos: str | None, split: str) -> list[np.ndarray]:
+    """Source frames for a split: the videos (options' or the run's), else (or also) textures."""
+    videos = options.get("videos") or videos
+    min_resize = int(options.get("source_min_resize", 128))
+    if videos and Path(videos).exists():
+        sources = video_sources(videos, split=split, min_resize=min_resize)
+    else:
+        if videos:
+            logging.warning("camera-motion source videos '%s' not found: using procedural textures", videos)
+        sources = []
+    if not sources or options.get("textures", 0):
+        sources = sources + texture_sources(int(options.get("textures", 0) or 8), seed=1 if split == "train" else 2)
+    return sources
+
+
+def camera_motion_source(options: Mapping, *, num_frames: int, size: int, name: str = "camera_motion",
+                         videos: str | None = None):
+    """A `mtv.data.sources.Source` of freshly generated clips: batch `s` is rendered from `(seed, s)`."""
+    import tensorflow as tf
+
+    from mtv.data.sources import Source, normalize_frames, one_hot, step_dataset
+
+    options = dict(options or {})
+    sources = _dataset_sources(options, videos, split="train")
+    still = float(options.get("still_fraction", 0.3))
+
+    def make(batch_size: int, start_step: int, seed: int) -> tf.data.Dataset:
+        def batch_at(step: int):
+            clips, labels = generate(batch_size, sources=sources, num_frames=num_frames, size=size,
+                                     seed=[seed, step], still_fraction=still)
+            return normalize_frames(clips), {"label": one_hot(labels, len(CLASSES))}
+
+        sig = (tf.TensorSpec((batch_size, num_frames, size, size, 3), tf.float32),
+               {"label": tf.TensorSpec((batch_size, len(CLASSES)), tf.float32)})
+        return step_dataset(batch_at, sig, start_step)
+
+    return Source(name, {"label": len(CLASSES)}, int(options.get("num_train", 6500)), make)
+
+
+def camera_motion_eval(options: Mapping, *, num_frames: int, size: int, videos: str | None = None,
+                       count: int | None = None, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out generated clips (uint8) and int labels, from the held-out source video."""
+    options = dict(options or {})
+    sources = _dataset_sources(options, videos, split="heldout")
+    count = int(count or options.get("num_eval", 390))
+    seed = int(options.get("eval_seed", 12345) if seed is None else seed)
+    return generate(count, sources=sources, num_frames=num_frames, size=size, seed=seed,
+                    still_fraction=float(options.get("still_fraction", 0.3)))
+
+
+@register_dataset("camera_motion", num_classes=len(CLASSES))
+def build_camera_motion(request: DatasetRequest) -> DataSpec:
+    """The generated camera-motion dataset at the config's `num_frames` x `crop_size`."""
+    dc = request.dataset_configs
+    num_frames, size = int(dc.get("num_frames", 32)), int(dc.get("crop_size", 224))
+    options = dc.get("synthetic") or {}
+    source = camera_motion_source(options, num_frames=num_frames, size=size, name=request.name,
+                                  videos=request.videos)
+    clips, labels = camera_motion_eval(options, num_frames=num_frames, size=size, videos=request.videos)
+    return DataSpec(request.name, source, eval_arrays=(clips, {"label": labels}), class_names=class_names(),
+                    held_out="generated clips rendered from a video never used in training")

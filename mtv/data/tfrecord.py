@@ -480,7 +480,7 @@ def make_dataset(
       `c * crops + k` is crop `k` of clip `c`). With more modalities than "rgb", a dict with "rgb",
       "flow" (float32 [B, (views,) T_flow, crop, crop, 2] over the same clip, same crop and flip) and
       "audio" (log-mel float32 [B, (views,) F, mel_bins, 1] starting at the clip's first frame), the
-      inputs of `mtv.models.multimodal`. Their settings come from `dataset_configs.flow.num_frames`
+      inputs of `mtv.models.mm_backbone.MMBackbone`. Their settings come from `dataset_configs.flow.num_frames`
       (default num_frames) and `dataset_configs.audio` (`AudioConfig` fields plus num_frames = F,
       default 800).
     labels: one-hot (multi-hot) float32 [B, num_classes] for a single label name, a dict by name for

@@ -6,8 +6,8 @@ tensor of shape [2]); `None` draws one from TensorFlow's global generator.
 The training chain (`train_transform`) is Scenic's: resize the smaller side to `min_resize`,
 scale jitter, random crop, random flip, RandAugment (uint8, before normalising), normalise,
 colour augmentation (on the normalised floats). As in Scenic's `additional_augmentations`, only one
-of RandAugment / colour augmentation runs, RandAugment first. Evaluation (`eval_transform`)
-resizes, takes a central crop or three spatial crops, and normalises.
+of RandAugment / colour augmentation runs, RandAugment first. Evaluation (`eval_transform`) is the one
+video preprocessor (`mtv.data.preprocessor`): resize, a central crop or three spatial crops, normalise.
 """
 
 from __future__ import annotations
@@ -17,6 +17,15 @@ import tensorflow as tf
 
 from mtv.data import randaugment
 from mtv.data.config import DataConfig, data_config
+from mtv.data.preprocessor import (  # noqa: F401  (re-exported: the eval crops live in the preprocessor)
+    central_crop,
+    normalize,
+    pad_to_at_least,
+    preprocess,
+    resize_smallest,
+    spatial_crop,
+    three_spatial_crops,
+)
 from mtv.data.sampling import eval_clip_indices
 from mtv.data.video import Video
 from mtv.errors import ShapeError
@@ -39,22 +48,6 @@ def _coin(prob: float, seed: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([], seed) < prob
 
 
-def resize_smallest(frames: tf.Tensor, min_resize: int, *, is_flow: bool = False) -> tf.Tensor:
-    """Bilinear resize so that min(H, W) == min_resize (DMVR: result cast back to the input dtype)."""
-    shape = tf.shape(frames)
-    height, width = shape[1], shape[2]
-    out_h = tf.maximum(min_resize, height * min_resize // width)
-    out_w = tf.maximum(min_resize, width * min_resize // height)
-
-    def resize():
-        return tf.cast(tf.image.resize(frames, tf.stack([out_h, out_w])), frames.dtype)
-
-    out = tf.cond((out_h != height) | (out_w != width), resize, lambda: frames)
-    if is_flow:
-        out = out * tf.cast(out_h / height, out.dtype)
-    return out
-
-
 def scale_jitter(frames: tf.Tensor, min_scale_factor: float = 0.9, max_scale_factor: float = 1.33,
                  prob: float = 1.0, seed=None, *, is_flow: bool = False) -> tf.Tensor:
     """With probability `prob`, rescales height and width by independent factors in [min, max)."""
@@ -71,14 +64,6 @@ def scale_jitter(frames: tf.Tensor, min_scale_factor: float = 0.9, max_scale_fac
         return out
 
     return tf.cond(_coin(prob, seeds[2]), jitter, lambda: frames)
-
-
-def pad_to_at_least(frames: tf.Tensor, size: int) -> tf.Tensor:
-    """Zero-pads (centred) so that H and W are at least `size`."""
-    height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-    pad_h = tf.maximum(size - height, 0)
-    pad_w = tf.maximum(size - width, 0)
-    return tf.pad(frames, [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
 
 
 def crop_offsets(frames: tf.Tensor, size: int, seed) -> tf.Tensor:
@@ -104,36 +89,6 @@ def random_flip(frames: tf.Tensor, seed=None, *, is_flow: bool = False) -> tf.Te
         return out
 
     return tf.cond(_coin(0.5, as_seed(seed)), flip, lambda: frames)
-
-
-def central_crop(frames: tf.Tensor, size: int) -> tf.Tensor:
-    """The central size x size crop (zero-padded if the frame is smaller), as DMVR."""
-    return tf.image.resize_with_crop_or_pad(frames, size, size)
-
-
-def spatial_crop(frames: tf.Tensor, size: int, index: int) -> tf.Tensor:
-    """Crop 0, 1 or 2 of `three_spatial_crops`."""
-    frames = pad_to_at_least(frames, size)
-    height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-    y = (height - size + 1) // 2  # ceil((H - size) / 2), as Scenic's deterministic_crop
-    x = (width - size + 1) // 2
-    along_height = height > width  # crops move along the longer side
-    if index == 0:
-        y, x = tf.where(along_height, 0, y), tf.where(along_height, x, 0)
-    elif index == 2:
-        y, x = tf.where(along_height, height - size, y), tf.where(along_height, x, width - size)
-    return tf.slice(frames, tf.stack([0, y, x, 0]), tf.stack([-1, size, size, -1]))
-
-
-def three_spatial_crops(frames: tf.Tensor, size: int) -> tf.Tensor:
-    """Left/centre/right crops (top/centre/bottom if H > W), as Scenic: [3, T, size, size, C]."""
-    return tf.stack([spatial_crop(frames, size, i) for i in range(3)])
-
-
-def normalize(frames: tf.Tensor, zero_centering: bool = True) -> tf.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] (zero_centering) or [0, 1]."""
-    frames = tf.cast(frames, tf.float32)
-    return frames * (2.0 / 255.0) - 1.0 if zero_centering else frames / 255.0
 
 
 def color_augment(frames: tf.Tensor, *, zero_centering: bool = True, prob_color_augment: float = 0.8,
@@ -197,24 +152,12 @@ def train_transform(frames: tf.Tensor, config: DataConfig, seed=None, *, is_flow
 
 
 def eval_transform(clips: tf.Tensor, config: DataConfig, *, is_flow: bool = False) -> tf.Tensor:
-    """uint8 [clips, T, H, W, C] -> float32 [clips * crops, T, crop, crop, C], clip-major.
+    """uint8 [clips, T, H, W, C] -> float32 [clips * crops, T, crop, crop, C], clip-major (`mtv.data.preprocessor`).
 
     With `is_flow`, `clips` are float flow in [-1, 1], resized with their values and not normalised.
     """
-    shape = tf.shape(clips)
-    frames = tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0))
-    frames = resize_smallest(frames, config.min_resize, is_flow=is_flow)
-    size = config.crop_size
-    if config.do_three_spatial_crops:
-        crops = three_spatial_crops(frames, size)  # [3, clips * T, s, s, C]
-        crops = tf.reshape(crops, tf.stack([3, shape[0], shape[1], size, size, shape[4]]))
-        views = tf.reshape(tf.transpose(crops, [1, 0, 2, 3, 4, 5]),
-                           tf.stack([-1, shape[1], size, size, shape[4]]))
-    else:
-        views = tf.reshape(central_crop(frames, size), tf.stack([-1, shape[1], size, size, shape[4]]))
-    views = tf.clip_by_value(views, -1.0, 1.0) if is_flow else normalize(views, config.zero_centering)
-    views.set_shape([None, clips.shape[1], size, size, clips.shape[-1]])
-    return views
+    return preprocess(clips, crop_size=config.crop_size, min_resize=config.min_resize,
+                      num_crops=config.num_spatial_crops, zero_centering=config.zero_centering, is_flow=is_flow)
 
 
 def video_to_eval_views(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -98,6 +99,7 @@ def read_video(
     min_resize: int | None = None,
     with_audio: bool = True,
     audio_sample_rate: int | None = None,
+    frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Video:
     """Decodes a video file into upright RGB frames and, if present, its mono audio.
 
@@ -108,6 +110,7 @@ def read_video(
       min_resize: downscale frames whose smaller side is larger than this (never upscales).
       with_audio: decode the first audio stream too.
       audio_sample_rate: resample audio to this rate (default: the stream's own rate).
+      frame_transform: applied to each upright frame as it is decoded (e.g. the preprocessor's resize).
     """
     path = Path(path)
     if not path.exists():
@@ -130,10 +133,12 @@ def read_video(
         vstream = container.streams.video[0]
         vstream.thread_type = "AUTO"
         astream = container.streams.audio[0] if with_audio and container.streams.audio else None
-        return _decode(path, container, vstream, astream, start, stop, min_resize, audio_sample_rate)
+        return _decode(path, container, vstream, astream, start, stop, min_resize, audio_sample_rate,
+                       frame_transform)
 
 
-def _decode(path, container, vstream, astream, start, stop, min_resize, audio_sample_rate) -> Video:
+def _decode(path, container, vstream, astream, start, stop, min_resize, audio_sample_rate,
+            frame_transform=None) -> Video:
     frames: list[np.ndarray] = []
     times: list[float] = []
     audio_chunks: list[np.ndarray] = []
@@ -166,7 +171,8 @@ def _decode(path, container, vstream, astream, start, stop, min_resize, audio_sa
                     if turns is None:
                         turns = _rotation_turns(vstream, frame)
                     image = _shrink(frame.to_ndarray(format="rgb24"), min_resize)
-                    frames.append(np.rot90(image, turns) if turns else image)
+                    image = np.rot90(image, turns) if turns else image
+                    frames.append(frame_transform(image) if frame_transform is not None else image)
                     times.append(t)
             else:
                 for frame in packet.decode():
@@ -234,11 +240,13 @@ def read_frames_dir(
     max_frames: int | None = None,
     frame_range: tuple[int, int] | None = None,
     min_resize: int | None = None,
+    frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Video:
     """Reads a directory of jpg/png frames, naturally sorted, as a Video at `fps` (no audio).
 
     `frame_range` is `(start, stop)`, 0-based and half open, over the sorted files; for Epic-Kitchens
     frames (`frame_0000000001.jpg` is frame 1) 1-based inclusive `[s, e]` is `(s - 1, e)`.
+    `frame_transform` is applied to each frame as it is read (e.g. the preprocessor's resize).
     """
     files = list_frame_files(path)
     start, stop = frame_range if frame_range is not None else (0, len(files))
@@ -247,7 +255,8 @@ def read_frames_dir(
         files = files[:max_frames]
     if not files:
         raise DataError(f"frames directory '{path}' has no frames in range {frame_range}")
-    frames = [_shrink(read_image(f), min_resize) for f in files]
+    transform = frame_transform or (lambda image: image)
+    frames = [transform(_shrink(read_image(f), min_resize)) for f in files]
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise DataError(f"frames in '{path}' have different sizes: {sorted(shapes)}")

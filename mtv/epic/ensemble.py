@@ -21,6 +21,7 @@ import numpy as np
 from mtv.epic.results import Results
 from mtv.epic.scoring import EpicScorer, raw_scores
 from mtv.errors import ResultsError
+from mtv.utils.numeric import to_probabilities, topk_accuracy
 
 FUSE_MODES = ("logits", "probabilities")
 SEARCH_METHODS = ("grid", "coordinate")
@@ -83,16 +84,10 @@ def _normalise(weights, count: int) -> np.ndarray:
     return w / w.sum()
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def _as_kind(results: Results, head: str, mode: str) -> np.ndarray:
     if mode == "logits":
         return raw_scores(results, head)
-    scores = np.asarray(results.outputs[head], np.float64)
-    return scores if results.score_kind == "probabilities" else _softmax(scores)
+    return to_probabilities(results.outputs[head], results.score_kind)
 
 
 def _check_mode(mode: str) -> None:
@@ -176,9 +171,7 @@ def _generic_scorer(results_list: Sequence[Results], labels) -> Callable[[dict[s
         raise ResultsError(f"labels must be in 0..{classes - 1}, found {labels.min()}..{labels.max()}")
 
     def score(outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        top5 = np.argsort(-outputs[head], axis=1, kind="stable")[:, :5]
-        hits = top5 == labels[:, None]
-        return {f"accuracy_at_{k}": float(hits[:, :k].any(axis=1).mean() * 100) for k in (1, 5)}
+        return {f"accuracy_at_{k}": topk_accuracy(outputs[head], labels, k) for k in (1, 5)}
 
     return score
 

@@ -221,7 +221,7 @@ def _read_npz(path: Path, allow_pickle: bool) -> tuple[dict[str, np.ndarray], st
         if "allow_pickle" in str(e):
             raise ResultsError(
                 f"{where} stores object arrays, which need unpickling; re-save ids as str arrays, "
-                "or pass --allow-pickle (allow_pickle=True) if you trust the file"
+                "or pass --allow_pickle (allow_pickle=True) if you trust the file"
             ) from None
         raise ResultsError(f"{where} is not a readable .npz archive: {e}") from None
     except (OSError, EOFError) as e:
@@ -285,11 +285,11 @@ def read_results(
         if not allow_pickle:
             raise ResultsError(
                 f"{where} is a pickle; unpickling can run arbitrary code from the file, so it is only read "
-                "when you pass --allow-pickle (allow_pickle=True). Do so only for files you trust, "
+                "when you pass --allow_pickle (allow_pickle=True). Do so only for files you trust, "
                 "or convert it to .npz"
             )
         arrays = _read_pickle(path)
     else:
-        raise ResultsError(f"{where}: unknown results format; expected .npz (or .pkl with --allow-pickle)")
+        raise ResultsError(f"{where}: unknown results format; expected .npz (or .pkl with --allow_pickle)")
     ids, outputs = _split(arrays, where)
     return validate(ids, outputs, score_kind, source=str(path), expected=expected)

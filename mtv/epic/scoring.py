@@ -35,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mtv.epic.results import Results, atomic_path, read_results
+from mtv.epic.results import Results, read_results
 from mtv.errors import ConfigError, DataError, ResultsError
+from mtv.utils.fileio import atomic_path
+from mtv.utils.numeric import softmax, top_k
 
 VERB_CLASSES = 97
 NOUN_CLASSES = 300
@@ -56,38 +58,12 @@ def action_id(verb, noun):
     return np.asarray(verb) * ACTION_VERB_MULTIPLIER + np.asarray(noun)
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def raw_scores(results: Results, head: str) -> np.ndarray:
     """The head's scores as raw (pre-softmax) float64 scores: logits as given, probabilities as log-probs."""
     scores = np.asarray(results.outputs[head], np.float64)
     if results.score_kind == "probabilities":
         return np.log(np.maximum(scores, _TINY))
     return scores
-
-
-def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the n highest scores per row, highest first."""
-    n, classes = min(n, scores.shape[1]), scores.shape[1]
-    if n <= 8 and n < classes:
-        # A few argmax passes beat argpartition for small n, and do not slow down on tied scores.
-        work, rows = scores.copy(), np.arange(len(scores))
-        idx = np.empty((len(scores), n), dtype=np.int64)
-        for r in range(n):
-            idx[:, r] = work.argmax(axis=1)
-            work[rows, idx[:, r]] = -np.inf
-        return idx, np.take_along_axis(scores, idx, axis=1)
-    if n < classes:
-        part = np.argpartition(scores, classes - n, axis=1)[:, classes - n :]
-    else:
-        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, axis=1)
-    return idx, np.take_along_axis(vals, order, axis=1)
 
 
 def action_scores(
@@ -101,20 +77,20 @@ def action_scores(
             f"action scores need verb [N, V] and noun [N, C] scores with the same N, got "
             f"{verb_scores.shape} and {noun_scores.shape}"
         )
-    return _actions_from_tops(_top(verb_scores, top_n), _top(noun_scores, top_n), top_n)
+    return _actions_from_tops(top_k(verb_scores, top_n), top_k(noun_scores, top_n), top_n)
 
 
 def _actions_from_tops(verb_top, noun_top, top_n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`action_scores` given the sorted top verbs and nouns (indices, raw scores) of each segment."""
     (top_verbs, verb_vals), (top_nouns, noun_vals) = verb_top, noun_top
-    verb_probs, noun_probs = _softmax(verb_vals), _softmax(noun_vals)
+    verb_probs, noun_probs = softmax(verb_vals), softmax(noun_vals)
     n_v, n_n = verb_probs.shape[1], noun_probs.shape[1]
     k = min(top_n, n_v * n_n)
     # Both lists are sorted, so the pair at positions (i, j) is beaten or tied by the (i+1)(j+1) - 1 pairs
     # above-left of it: only pairs with (i+1)(j+1) <= k can be in the top k. ~480 pairs instead of 9,700.
     i, j = np.nonzero((np.arange(1, n_v + 1)[:, None] * np.arange(1, n_n + 1)[None, :]) <= k)
     cand = verb_probs[:, i] * noun_probs[:, j]
-    order = np.argsort(-cand, axis=1, kind="stable")[:, :k]
+    order, _ = top_k(cand, k)
     verbs = np.take_along_axis(top_verbs, i[order], axis=1)
     nouns = np.take_along_axis(top_nouns, j[order], axis=1)
     return verbs, nouns, np.take_along_axis(cand, order, axis=1)
@@ -311,7 +287,7 @@ class EpicScorer:
         verb_raw, noun_raw = raw_scores(results, "verb"), raw_scores(results, "noun")
         # Only top-1/top-5 are reported, and the top-5 actions always come from the top-5 verbs and nouns,
         # so ranking the top 5 here equals the first 5 of the official top-100 list.
-        verb_top, noun_top = _top(verb_raw, 5), _top(noun_raw, 5)
+        verb_top, noun_top = top_k(verb_raw, 5), top_k(noun_raw, 5)
         verbs, nouns, _ = _actions_from_tops(verb_top, noun_top, 5)
         ranked = {"verb": verb_top[0], "noun": noun_top[0], "action": action_id(verbs, nouns)}
         truth = {"verb": labels.verb, "noun": labels.noun, "action": labels.action}

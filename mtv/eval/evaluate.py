@@ -23,8 +23,8 @@ import numpy as np
 from absl import logging
 
 from mtv.errors import ConfigError, DataError
-
-VIEW_RULES = ("logits_mean", "softmax_mean")
+from mtv.utils import numeric
+from mtv.utils.numeric import VIEW_RULES, topk_accuracy  # noqa: F401  (part of this module's API)
 
 
 @dataclasses.dataclass
@@ -40,30 +40,13 @@ class EvalResult:
     skipped: int = 0
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def combine_views(view_logits: np.ndarray, rule: str = "logits_mean") -> tuple[np.ndarray, str]:
     """Per-view logits [N, V, C] -> (scores [N, C], score kind) by `rule` (see the module docstring)."""
-    if rule not in VIEW_RULES:
-        raise ConfigError(f"unknown view rule {rule!r}; expected one of {VIEW_RULES}")
-    view_logits = np.asarray(view_logits, np.float64)
+    view_logits = np.asarray(view_logits)
     if view_logits.ndim != 3:
         raise DataError(f"view logits must be [examples, views, classes], got shape {view_logits.shape}")
-    if rule == "logits_mean":
-        return view_logits.mean(axis=1).astype(np.float32), "logits"
-    return _softmax(view_logits).mean(axis=1).astype(np.float32), "probabilities"
-
-
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
-    """Percent of rows whose label is among the k highest scores (labels int [N] or one-hot [N, C])."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        labels = labels.argmax(-1)
-    top = np.argsort(-np.asarray(scores), axis=-1, kind="stable")[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean() * 100.0)
+    scores, kind = numeric.average_views(view_logits, rule, axis=1)
+    return scores.astype(np.float32), kind
 
 
 def compute_metrics(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
@@ -122,6 +105,7 @@ def evaluate(model, batches: Iterable, *, rule: str = "logits_mean", batch_size:
     """
     heads = head_names(model)
     ids, outputs, labels, num_views = [], {}, {}, 0
+    kind = numeric.view_score_kind(rule)  # an unknown rule fails before any model call
     for views, y, batch_ids in batches:
         views = np.asarray(views)
         num_views = views.shape[1]
@@ -137,7 +121,6 @@ def evaluate(model, batches: Iterable, *, rule: str = "logits_mean", batch_size:
                                                    else np.asarray(value))
     if not ids:
         raise DataError("no example could be evaluated (the data is empty or every video was skipped)")
-    kind = "logits" if rule == "logits_mean" else "probabilities"
     outputs = {h: np.concatenate(v) for h, v in outputs.items()}
     labels = {h: np.concatenate(v) for h, v in labels.items()} or None
     metrics = compute_metrics(outputs, labels, kind) if labels else {}
@@ -159,24 +142,38 @@ def _tfrecord_labels(files: list[str]) -> list[str]:
     return []
 
 
+def parse_views(views: str | tuple[int, int]) -> tuple[int, int]:
+    """'4x3' -> (4 clips, 3 crops); crops must be 1 or 3."""
+    if isinstance(views, tuple):
+        clips, crops = views
+    else:
+        parts = str(views).lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise DataError(f"views must look like CLIPSxCROPS, e.g. '4x3', got {views!r}")
+        clips, crops = (int(p) for p in parts)
+    if clips < 1 or crops not in (1, 3):
+        raise DataError(f"views {views!r}: need at least 1 clip and 1 or 3 spatial crops")
+    return clips, crops
+
+
 def eval_dataset_configs(config: Any = None, model=None, *, clips: int | None = None,
                          crops: int | None = None) -> dict:
     """Test-time preprocessing: the config's dataset_configs, else the model's preset metadata."""
+    from mtv.data.preprocessor import VideoPreprocessor, video_input_shape
+
     if config is not None:
         dc = config.get("dataset_configs") or {}
         dc = dict(dc.to_dict() if hasattr(dc, "to_dict") else dc)
     else:
         meta = getattr(model, "metadata", None) or {}
-        pre = dict(meta.get("preprocessing") or {})
-        frames, height = model.input_frames_shape[:2]
-        views = str(meta.get("test_views") or pre.get("test_views") or "1x1").split("x")
-        dc = {"num_frames": frames, "stride": int(meta.get("stride") or pre.get("stride") or 1),
-              "min_resize": int(pre.get("min_resize") or height), "crop_size": height,
-              "num_test_clips": int(views[0]), "do_three_spatial_crops": views[1] == "3",
-              "zero_centering": bool(pre.get("zero_centering", True))}
-    frames, height = model.input_frames_shape[:2] if model is not None else (None, None)
-    if frames is not None:
-        dc["num_frames"], dc["crop_size"] = frames, height
+        pre = meta.get("preprocessing") or {}
+        num_clips, num_crops = parse_views(meta.get("test_views") or pre.get("test_views") or "1x1")
+        spatial = VideoPreprocessor.from_model(model, num_crops=num_crops)
+        dc = {"num_frames": video_input_shape(model)[0], "stride": int(meta.get("stride") or pre.get("stride") or 1),
+              "min_resize": spatial.min_resize, "crop_size": spatial.crop_size, "num_test_clips": num_clips,
+              "do_three_spatial_crops": num_crops == 3, "zero_centering": spatial.zero_centering}
+    if model is not None:
+        dc["num_frames"], dc["crop_size"] = video_input_shape(model)[:2]
     if clips is not None:
         dc["num_test_clips"] = int(clips)
     if crops is not None:

@@ -1,4 +1,9 @@
-"""`mtv.predict`: label a video file or a directory of frames with a model, averaging test views."""
+"""`mtv.predict`: label a video file or a directory of frames with a model, averaging test views.
+
+The views are the evaluation pipeline's (`mtv.data.preprocessor`): frames are resized as they are decoded,
+by the same op that evaluation applies to a decoded clip, so a long high-resolution video never sits in
+memory at full size and the model sees exactly the pixels `mtv evaluate` would give it.
+"""
 
 from __future__ import annotations
 
@@ -7,68 +12,47 @@ from typing import Any
 
 import numpy as np
 
-from mtv.errors import DataError
+from mtv.eval.evaluate import parse_views  # noqa: F401  (part of this module's API)
+from mtv.utils import numeric
 
 DEFAULT_MODEL = "camera-motion"
-RULES = ("logits_mean", "softmax_mean")
-
-
-def parse_views(views: str | tuple[int, int]) -> tuple[int, int]:
-    """'4x3' -> (4 clips, 3 crops); crops must be 1 or 3."""
-    if isinstance(views, tuple):
-        clips, crops = views
-    else:
-        parts = str(views).lower().split("x")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise DataError(f"views must look like CLIPSxCROPS, e.g. '4x3', got {views!r}")
-        clips, crops = (int(p) for p in parts)
-    if clips < 1 or crops not in (1, 3):
-        raise DataError(f"views {views!r}: need at least 1 clip and 1 or 3 spatial crops")
-    return clips, crops
+RULES = numeric.VIEW_RULES
 
 
 def average_views(logits: np.ndarray, rule: str = "logits_mean") -> np.ndarray:
     """Per-view logits [V, C] -> class probabilities [C] by a named rule (Scenic: 'logits_mean')."""
-    if rule not in RULES:
-        raise DataError(f"unknown view-averaging rule {rule!r}; expected one of {RULES}")
-    logits = np.asarray(logits, np.float64)
-    if rule == "logits_mean":
-        return _softmax(logits.mean(axis=0))
-    return _softmax(logits).mean(axis=0)
+    return numeric.to_probabilities(*numeric.average_views(logits, rule, axis=0))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def eval_views(video: str | os.PathLike, model, views: str | None = None) -> tuple[np.ndarray, Any, int]:
+    """Evaluation views of a video file or frames directory: (float32 views, DataConfig, frames decoded)."""
+    from mtv.data.config import data_config
+    from mtv.data.preprocessor import VideoPreprocessor
+    from mtv.data.transforms import video_to_eval_views
+    from mtv.data.video import load_video
+    from mtv.eval.evaluate import eval_dataset_configs
 
-
-def _settings(model, views: str | None) -> dict:
-    meta = getattr(model, "metadata", None) or {}
-    pre = dict(meta.get("preprocessing") or {})
-    frames, height, _, _ = model.input_frames_shape
-    stride = int(meta.get("stride") or pre.get("stride") or 1)
-    default_views = meta.get("test_views") or pre.get("test_views") or "1x1"
-    clips, crops = parse_views(views or default_views)
-    return {"num_frames": frames, "stride": stride, "num_clips": clips, "crop_size": height,
-            "min_resize": int(pre.get("min_resize") or height), "three_crops": crops == 3,
-            "zero_centering": bool(pre.get("zero_centering", True))}
+    clips, crops = parse_views(views) if views else (None, None)
+    config = data_config(eval_dataset_configs(model=model, clips=clips, crops=crops))
+    pre = VideoPreprocessor(config.crop_size, config.min_resize, config.num_spatial_crops, config.zero_centering)
+    clip = load_video(video, frame_transform=pre.resize)
+    inputs = video_to_eval_views(clip, num_frames=config.num_frames, stride=config.stride,
+                                 num_clips=config.num_test_clips, crop_size=config.crop_size,
+                                 min_resize=config.min_resize, three_crops=config.do_three_spatial_crops,
+                                 zero_centering=config.zero_centering)
+    return inputs, config, clip.num_frames
 
 
 def predict(video: str | os.PathLike, *, model: Any = None, views: str | None = None, top: int = 5,
             rule: str = "logits_mean", batch_size: int = 4) -> dict:
     """Top-k labels of a video: {'video', 'model', 'views', 'rule', 'heads': {head: [{label, index, probability}]}}."""
-    from mtv.data.transforms import video_to_eval_views
-    from mtv.data.video import load_video
     from mtv.io.loading import load
 
+    numeric.view_score_kind(rule)  # an unknown rule fails before any decoding
     handle = model if model is not None else DEFAULT_MODEL
     if isinstance(handle, (str, os.PathLike)):
         model = load(handle)
-    settings = _settings(model, views)
-    # Frames are resized exactly as the evaluation pipeline does (bilinear, in TF); only frames over twice
-    # that size are shrunk while decoding, to bound memory on long high-resolution videos.
-    clip = load_video(video, min_resize=2 * settings["min_resize"])
-    inputs = video_to_eval_views(clip, **settings)
+    inputs, config, num_decoded = eval_views(video, model, views)
     outputs: dict[str, list] = {}
     for start in range(0, len(inputs), batch_size):
         out = model(inputs[start:start + batch_size], training=False)
@@ -81,9 +65,9 @@ def predict(video: str | os.PathLike, *, model: Any = None, views: str | None = 
     for head, chunks in outputs.items():
         probs = average_views(np.concatenate(chunks), rule)
         head_names = names.get(head) if isinstance(names, dict) else names
-        order = np.argsort(-probs)[:top]
+        order, _ = numeric.top_k(probs, top)
         heads[head] = [{"index": int(i), "label": head_names[i] if head_names else str(int(i)),
                         "probability": float(probs[i])} for i in order]
     return {"video": os.fspath(video), "model": os.fspath(handle) if isinstance(handle, (str, os.PathLike))
-            else type(model).__name__, "views": f"{settings['num_clips']}x{3 if settings['three_crops'] else 1}",
-            "rule": rule, "num_frames_decoded": int(clip.frames.shape[0]), "heads": heads}
+            else type(model).__name__, "views": f"{config.num_test_clips}x{config.num_spatial_crops}",
+            "rule": rule, "num_frames_decoded": num_decoded, "heads": heads}

@@ -11,16 +11,20 @@ from typing import Any
 import ml_collections
 
 from mtv.errors import ConfigError, MTVError
-
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+from mtv.io.resources import resource_path
 
 # JSON has no tuples; these fields are tuples in the Python configs, so a JSON copy compares equal.
 _TUPLE_FIELDS = {("patches", "size"), ("cross_view_fusion", "fusion_layers")}
 
 
+def config_root() -> Path:
+    """Where the shipped experiment configs are: the package mtv.configs (the repo's configs/)."""
+    return resource_path("mtv.configs")
+
+
 def list_configs(configs_dir: Path | None = None) -> dict[str, Path]:
-    """Experiment name -> config file, for every config under the repo's configs/ directory."""
-    root = Path(configs_dir) if configs_dir is not None else CONFIGS_DIR
+    """Experiment name -> config file, for every shipped config (or every config under `configs_dir`)."""
+    root = Path(configs_dir) if configs_dir is not None else config_root()
     if not root.is_dir():
         return {}
     return {p.stem: p for p in sorted(root.rglob("*.py")) if not p.name.startswith("_")}
@@ -101,6 +105,6 @@ def load_config(path_or_name: str) -> ml_collections.ConfigDict:
     close = difflib.get_close_matches(base, list(known), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ConfigError(
-        f"Unknown config '{base}': not a file and not an experiment under {CONFIGS_DIR}.{hint} "
+        f"Unknown config '{base}': not a file and not an experiment under {config_root()}.{hint} "
         f"Known experiments: {', '.join(known) or 'none'}."
     )

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
 import os
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from absl import logging
 
 from mtv.errors import DownloadError, MTVError
-from mtv.utils.fileio import atomic_write_text
+from mtv.utils.fileio import atomic_path, atomic_write_text, file_lock
 
 CACHE_ENV = "MTV_CACHE_DIR"
 HASHES_FILE = "hashes.json"
@@ -29,7 +25,7 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 60
 _LOCAL_HINT = (
     "To use a checkpoint you already have, load it from the local file instead: "
-    "mtv.load('/path/to/checkpoint_N') or `mtv zoo fetch NAME --from-file PATH`."
+    "mtv.load('/path/to/checkpoint_N') or `mtv zoo fetch NAME --from_file PATH`."
 )
 
 
@@ -47,18 +43,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    # The lock file is never deleted: removing it while another process waits on it would let
-    # a third process lock a fresh inode and run concurrently.
-    with open(lock_path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _hashes_path() -> Path:
@@ -85,7 +69,7 @@ def recorded_sha256(url: str) -> str | None:
 
 def _record_sha256(url: str, digest: str) -> None:
     path = _hashes_path()
-    with _locked(path.with_name(path.name + ".lock")):  # read-modify-write across processes
+    with file_lock(path.with_name(path.name + ".lock")):  # read-modify-write across processes
         hashes = _read_hashes()
         if hashes.get(url) != digest:
             hashes[url] = digest
@@ -197,13 +181,9 @@ def _stream(url: str, out: BinaryIO, desc: str, progress: bool) -> tuple[str, in
 
 def _download(url: str, target: Path, expected: str | None, progress: bool) -> str:
     """Streams `url` into a temp file beside `target`, checks it, then renames it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out:
             actual, received, total = _stream(url, out, target.name, progress)
-            out.flush()
-            os.fsync(out.fileno())
         if total is not None and received != total:
             raise DownloadError(
                 f"download of {url} was truncated: received {received} of {total} bytes "
@@ -213,11 +193,7 @@ def _download(url: str, target: Path, expected: str | None, progress: bool) -> s
                 f"sha256 mismatch for {url}: expected {expected}, got {actual}; the downloaded file was "
                 f"deleted and nothing was cached. If the upstream file was replaced on purpose, remove its "
                 f"entry from {_hashes_path()} (or fix the registry's sha256) and fetch again.")
-        os.replace(tmp, target)
-        return actual
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return actual
 
 
 def fetch(url: str, *, sha256: str | None = None, name: str | None = None, progress: bool = True) -> Path:
@@ -231,7 +207,7 @@ def fetch(url: str, *, sha256: str | None = None, name: str | None = None, progr
         raise DownloadError(f"unsupported URL scheme in {url!r}; expected http(s)://, file:// or a path")
     target = _target_path(url, name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         # Trust on first use: a URL without a published hash is pinned to what it served first.
         expected = sha256 or recorded_sha256(url)
         if target.exists():

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from mtv.data.preprocessor import VideoPreprocessor, video_input_shape
 from mtv.errors import ExportError
+from mtv.utils.fileio import atomic_dir, atomic_path
 
 FLOAT_SIGNATURE = "serving_default"
 UINT8_SIGNATURE = "serving_uint8"
@@ -28,25 +28,6 @@ def _heads(model, logits) -> dict:
         return out
     logits = tf.cast(logits, tf.float32)
     return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
-
-
-def preprocess_uint8(frames: tf.Tensor, *, crop_size: tuple[int, int], min_resize: int) -> tf.Tensor:
-    """uint8 frames [B, T, h, w, 3] of any size -> float32 [B, T, crop, crop, 3] in [-1, 1].
-
-    Resizes the shorter side to `min_resize` (bilinear), takes the central crop, and scales
-    [0, 255] -> [0, 1] -> [-1, 1], as the evaluation pipeline does.
-    """
-    shape = tf.shape(frames)
-    b, t, h, w = shape[0], shape[1], shape[2], shape[3]
-    x = tf.reshape(frames, tf.stack([b * t, h, w, shape[4]]))
-    x = tf.image.convert_image_dtype(x, tf.float32)
-    scale = tf.cast(min_resize, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
-    new_h = tf.cast(tf.math.round(tf.cast(h, tf.float32) * scale), tf.int32)
-    new_w = tf.cast(tf.math.round(tf.cast(w, tf.float32) * scale), tf.int32)
-    x = tf.image.resize(x, tf.stack([tf.maximum(new_h, crop_size[0]), tf.maximum(new_w, crop_size[1])]))
-    x = tf.image.resize_with_crop_or_pad(x, crop_size[0], crop_size[1])
-    x = x * 2.0 - 1.0
-    return tf.reshape(x, tf.stack([b, t, crop_size[0], crop_size[1], shape[4]]))
 
 
 def _with_policy(model, dtype: str | None):
@@ -70,19 +51,20 @@ def export(model, path: str | os.PathLike, *, xla: bool = False, dtype: str | No
            hub_tarball: str | os.PathLike | None = None) -> Path:
     """Writes a TF SavedModel with `serving_default` (float frames in [-1, 1]) and `serving_uint8`.
 
-    Both take a dynamic batch and return a dict of `logits` and `probabilities` (per head for a
-    multi-head model, e.g. `verb_logits`). `xla` compiles the serving functions; `dtype='bfloat16'`
-    computes in mixed bfloat16. The directory is written atomically; `hub_tarball` also writes a
-    TF-Hub compressed tarball of it.
+    `serving_uint8` takes uint8 frames of any size and applies the evaluation preprocessing
+    (`mtv.data.preprocessor`): the smaller side resized to `min_resize` (default: the preset metadata's, else
+    the crop size), the central crop, scaling. Both signatures take a dynamic batch and return a dict of
+    `logits` and `probabilities` (per head for a multi-head model, e.g. `verb_logits`). `xla` compiles the
+    serving functions; `dtype='bfloat16'` computes in mixed bfloat16. The directory is written atomically;
+    `hub_tarball` also writes a TF-Hub compressed tarball of it.
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         raise ExportError(f"export path '{path}' exists and is not empty; choose a new directory")
     serving = _with_policy(model, dtype)
-    frames, height, width, channels = serving.input_frames_shape
-    meta = getattr(model, "metadata", None) or {}
-    pre = meta.get("preprocessing") or {}
-    min_resize = int(min_resize or pre.get("min_resize") or round(max(height, width) * 256 / 224))
+    frames, height, width, channels = video_input_shape(serving)
+    # The metadata lives on the original model; the bfloat16 clone is rebuilt from its config only.
+    preprocessor = VideoPreprocessor.from_model(model, min_resize=min_resize) if uint8_signature else None
 
     archive = keras.export.ExportArchive()
     archive.track(serving)
@@ -95,22 +77,13 @@ def export(model, path: str | os.PathLike, *, xla: bool = False, dtype: str | No
         input_signature=[tf.TensorSpec([None, frames, height, width, channels], tf.float32, name="frames")])
     if uint8_signature:
         def uint8_fn(x):
-            x = preprocess_uint8(x, crop_size=(height, width), min_resize=min_resize)
-            return _heads(serving, serving(x, training=False))
+            return _heads(serving, serving(preprocessor(x), training=False))
 
         archive.add_endpoint(
             name=UINT8_SIGNATURE, fn=uint8_fn, jit_compile=xla,
             input_signature=[tf.TensorSpec([None, frames, None, None, channels], tf.uint8, name="frames")])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         archive.write_out(str(tmp), verbose=False)
-        if path.exists():
-            path.rmdir()
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if hub_tarball is not None:
         make_hub_tarball(path, hub_tarball)
     return path
@@ -121,14 +94,9 @@ def make_hub_tarball(saved_model_dir: str | os.PathLike, tarball: str | os.PathL
     src, tarball = Path(saved_model_dir), Path(tarball)
     if not (src / "saved_model.pb").exists():
         raise ExportError(f"'{src}' is not a SavedModel directory (no saved_model.pb)")
-    tmp = tarball.with_name(f".{tarball.name}.tmp{os.getpid()}")
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for item in sorted(src.rglob("*")):
-                tar.add(item, arcname=str(item.relative_to(src)), recursive=False)
-        os.replace(tmp, tarball)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(tarball) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for item in sorted(src.rglob("*")):
+            tar.add(item, arcname=str(item.relative_to(src)), recursive=False)
     return tarball
 
 

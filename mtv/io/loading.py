@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 from pathlib import Path
 from typing import Any
@@ -11,17 +9,7 @@ from typing import Any
 from absl import logging
 
 from mtv.errors import ZooError
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+from mtv.utils.fileio import atomic_dir, file_lock
 
 
 def preset_cache_dir(name: str) -> Path:
@@ -49,22 +37,23 @@ def fetch_preset(name: str, *, from_file: str | os.PathLike | None = None, progr
     """Downloads, verifies and converts zoo model `name` once into a cached native preset; returns its dir."""
     from mtv.io import registry as zoo
     from mtv.io.configs import load_config
-    from mtv.io.presets import is_preset, save_preset
+    from mtv.io.presets import is_current_preset, save_preset
     from mtv.io.scenic import from_scenic
 
     entry = zoo.get_entry(name)
     if entry["kind"] == "embedded":
         return zoo.embedded_path(entry)
     target = preset_cache_dir(entry["name"])
-    if is_preset(target) and from_file is None:
+    # A cached preset of an older format is converted again from the cached checkpoint.
+    if is_current_preset(target) and from_file is None:
         return target
-    with _lock(target.with_name(target.name + ".lock")):
-        if is_preset(target) and from_file is None:  # another process converted it while we waited
+    with file_lock(target.with_name(target.name + ".lock")):
+        if is_current_preset(target) and from_file is None:  # another process converted it while we waited
             return target
         if from_file is not None:
             checkpoint = Path(from_file)
             if not checkpoint.exists():
-                raise ZooError(f"--from-file '{checkpoint}' does not exist")
+                raise ZooError(f"--from_file '{checkpoint}' does not exist")
         else:
             checkpoint = zoo.fetch_checkpoint(entry["name"], progress=progress)
         config = load_config(entry["config"])
@@ -83,10 +72,10 @@ def _load_url(url: str, config, num_classes):
     path = fetch(url)
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
         dest = cache_dir() / "extracted" / path.name.split(".tar")[0].split(".tgz")[0]
-        if not dest.exists():
-            tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-            safe_extract_tar(path, tmp)
-            os.replace(tmp, dest)
+        with file_lock(dest.with_name(dest.name + ".lock")):
+            if not dest.exists():  # another process may have extracted it while we waited
+                with atomic_dir(dest) as tmp:
+                    safe_extract_tar(path, tmp)
         if is_preset(dest):
             return load_preset(dest, num_classes=num_classes)
         if (dest / "saved_model.pb").exists():
@@ -115,7 +104,7 @@ def load(handle: str | os.PathLike, *, config: Any = None, num_classes: int | No
         if path.suffix == ".keras":
             import keras
 
-            import mtv.models.mtv  # noqa: F401  (registers the serializable classes)
+            import mtv.models.mtv_classifier  # noqa: F401  (registers the serializable classes)
 
             model = keras.saving.load_model(str(path))
             if num_classes is not None and num_classes != model.spec["num_classes"]:

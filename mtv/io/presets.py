@@ -1,77 +1,74 @@
 """Native presets: a directory holding a model's spec, weights and metadata (KerasHub-style).
 
-Layout of a preset directory:
-  config.json        {"format": "mtv-preset", "version": 1, "model": "MTV" | "MultimodalMTV", "spec": {...}}
-  model.weights.h5   Keras weights (`model.save_weights`)
-  metadata.json      name, class_names (list, or dict per head), preprocessing, source, accuracy, ...
-Presets are written to a temporary sibling directory and renamed into place, so a reader never
-sees half a preset.
+Layout of a preset directory (format version 2):
+  config.json       {"format": "mtv-preset", "version": 2, "model": "MTVClassifier", "backbone": "MTVBackbone",
+                     "spec": {...}}  (the spec of `mtv.models.spec`)
+  weights.msgpack   the weights under their Scenic/Flax names: a Flax msgpack train-state checkpoint
+                    (optax layout, as `mtv.to_scenic` writes), so it never depends on Keras' object
+                    layout and Scenic's `checkpoints.restore_checkpoint` reads it too
+  metadata.json     name, class_names (list, or dict per head), preprocessing, source, accuracy, ...
+Version 1 (mtv 0.1) stored Keras' `model.weights.h5`; reading one is a ZooError that says how to
+regenerate it. Presets are written to a temporary sibling directory and renamed into place, so a
+reader never sees half a preset.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from mtv.errors import ZooError
+from mtv.errors import CheckpointError, MTVError, ZooError
+from mtv.utils.fileio import atomic_dir
 
 FORMAT = "mtv-preset"
-CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE = "config.json", "model.weights.h5", "metadata.json"
+VERSION = 2
+CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE = "config.json", "weights.msgpack", "metadata.json"
+V1_WEIGHTS_FILE = "model.weights.h5"
 
 DEFAULT_PREPROCESSING = {"min_resize": 256, "crop_size": 224, "zero_centering": True,
                          "value_range": [-1.0, 1.0], "stride": 2, "num_test_clips": 4,
                          "three_crops": True}
 
 
-def _model_classes() -> dict:
-    from mtv.models.mtv import MTV
-
-    classes = {"MTV": MTV}
-    try:
-        from mtv.models.multimodal import MultimodalMTV
-
-        classes["MultimodalMTV"] = MultimodalMTV
-    except ImportError:
-        pass
-    return classes
-
-
 def is_preset(path: str | os.PathLike) -> bool:
-    """True when `path` is a directory holding a preset's config.json."""
+    """True when `path` is a directory holding a preset's config.json and weights (any format version)."""
     p = Path(path)
-    return p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+    return p.is_dir() and (p / CONFIG_FILE).is_file() and any(
+        (p / name).is_file() for name in (WEIGHTS_FILE, V1_WEIGHTS_FILE))
 
 
-def save_preset(model, directory: str | os.PathLike, *, metadata: dict | None = None) -> Path:
-    """Writes `model` as a preset directory atomically (temp dir + rename)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+def is_current_preset(path: str | os.PathLike) -> bool:
+    """True when `path` is a preset this version of mtv reads (format version 2)."""
+    if not is_preset(path):
+        return False
     try:
-        config = {"format": FORMAT, "version": 1, "model": type(model).__name__, "spec": model.spec}
+        return json.loads((Path(path) / CONFIG_FILE).read_text()).get("version") == VERSION
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def save_preset(model, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Writes `model` (an MTVClassifier) as a preset directory, atomically (temp dir + rename); returns it."""
+    from mtv.io.scenic import to_scenic
+
+    if not (hasattr(model, "flax_params") and hasattr(model, "spec")):
+        raise ZooError(f"save_preset takes an mtv model (from mtv.build_model, mtv.load, ...), got "
+                       f"{type(model).__name__}")
+    directory = Path(directory)
+    with atomic_dir(directory, replace=True) as tmp:
+        backbone = getattr(model, "backbone", None)
+        config = {"format": FORMAT, "version": VERSION, "model": type(model).__name__,
+                  "backbone": type(backbone).__name__ if backbone is not None else None, "spec": model.spec}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-        model.save_weights(str(tmp / WEIGHTS_FILE))
+        to_scenic(model, tmp / WEIGHTS_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata or {}, indent=1, default=str))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
 def read_preset_config(directory: str | os.PathLike) -> tuple[dict, dict]:
-    """(config, metadata) of a preset directory, validated."""
+    """(config, metadata) of a preset directory, validated; a version-1 preset is a ZooError."""
     directory = Path(directory)
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
@@ -79,23 +76,37 @@ def read_preset_config(directory: str | os.PathLike) -> tuple[dict, dict]:
         metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     except (OSError, json.JSONDecodeError) as e:
         raise ZooError(f"'{directory}' is not a readable mtv preset: {e}") from e
-    if config.get("format") != FORMAT or "spec" not in config:
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "spec" not in config:
         raise ZooError(f"'{directory / CONFIG_FILE}' is not an mtv preset config (expected format '{FORMAT}')")
+    version = config.get("version")
+    if version == 1:
+        raise ZooError(
+            f"preset '{directory}' was written by mtv 0.1 (format version 1: Keras weights in {V1_WEIGHTS_FILE}); "
+            f"this mtv reads version {VERSION} (weights under their Scenic/Flax names). Regenerate it: with mtv "
+            f"0.1 run `mtv convert {directory} --to_scenic --out ckpt.msgpack`, then with this mtv "
+            "`mtv convert ckpt.msgpack --config CONFIG --out NEW_DIR` (or `mtv.save_preset(mtv.from_scenic("
+            "config, 'ckpt.msgpack'), NEW_DIR)`); a zoo model is simply fetched and converted again")
+    if version != VERSION:
+        raise ZooError(f"preset '{directory}' has format version {version!r}; this mtv reads version {VERSION} "
+                       "(was it written by a newer mtv?)")
     return config, metadata
 
 
 def load_preset(directory: str | os.PathLike, *, num_classes: int | None = None) -> Any:
     """Builds the model of a preset and loads its weights; `metadata` is attached as `model.metadata`."""
+    from mtv.io.scenic import assign_flax_params, load_flat_params
+    from mtv.models.mtv_classifier import MTVClassifier
+
+    directory = Path(directory)
     config, metadata = read_preset_config(directory)
-    classes = _model_classes()
-    if config.get("model", "MTV") not in classes:
-        raise ZooError(f"preset '{directory}' holds an unknown model type {config.get('model')!r}")
-    cls = classes[config.get("model", "MTV")]
-    model = cls(config["spec"])
     try:
-        model.load_weights(str(Path(directory) / WEIGHTS_FILE))
-    except Exception as e:  # h5py/keras raise many types for a damaged file
-        raise ZooError(f"cannot load weights of preset '{directory}': {e}") from e
+        model = MTVClassifier.from_spec(config["spec"])
+    except (MTVError, KeyError, TypeError) as e:
+        raise ZooError(f"preset '{directory / CONFIG_FILE}' holds an invalid model spec: {e}") from e
+    try:
+        assign_flax_params(model, load_flat_params(directory / WEIGHTS_FILE))
+    except CheckpointError as e:
+        raise ZooError(f"cannot load the weights of preset '{directory}' ({WEIGHTS_FILE}): {e}") from e
     model.metadata = metadata
     if num_classes is not None and num_classes != model.spec["num_classes"]:
         from mtv.models.heads import replace_head

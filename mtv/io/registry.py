@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mtv.errors import ZooError
+from mtv.io.resources import resource_path
 
 SCHEMA_VERSION = 1
 KINDS = ("scenic_checkpoint", "embedded")
@@ -102,8 +103,8 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def registry_path() -> Path:
-    """The one place the registry lives: <repo>/zoo/models.json."""
-    return Path(__file__).resolve().parents[2] / "zoo" / "models.json"
+    """The one place the registry lives: models.json of the package mtv.zoo (the repo's zoo/models.json)."""
+    return resource_path("mtv.zoo", "models.json")
 
 
 def _type_name(types: tuple) -> str:
@@ -271,7 +272,7 @@ def embedded_path(name_or_entry: str | dict) -> Path:
     entry = get_entry(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
     if entry.get("kind") != "embedded":
         raise ZooError(f"model '{entry.get('name')}' is a {entry.get('kind')}, not an embedded preset")
-    path = Path(__file__).resolve().parents[1] / entry["path"]
+    path = resource_path("mtv", *Path(entry["path"]).parts)
     if not path.exists():
         raise ZooError(f"embedded preset of '{entry['name']}' is missing: {path} (a broken install?)")
     return path
@@ -358,7 +359,7 @@ def class_names(
     if dataset == "epic_kitchens_100":
         return _epic_class_names(entry, epic_dir)
     _, filename, count = DATASETS[dataset]
-    path = Path(__file__).resolve().parents[1] / "classnames" / filename
+    path = resource_path("mtv", "classnames", filename)
     try:
         names = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:

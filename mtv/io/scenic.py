@@ -1,4 +1,4 @@
-"""Scenic/Flax parameters <-> Keras MTV weights. The mapping is each layer's `flax_params()` table."""
+"""Scenic/Flax parameters <-> Keras MTV/M&M weights. The mapping is each layer's `flax_params()` table."""
 
 from __future__ import annotations
 
@@ -58,35 +58,30 @@ def load_flat_params(params: Any) -> dict[str, np.ndarray]:
     return out
 
 
-
-
 def from_scenic(config: Any, params: Any, *, num_classes: int | None = None, class_splits=None,
-                split_names=None, input_shape=None):
-    """Builds an MTV from a Scenic config and loads Scenic's weights into it (strict, by Flax path).
+                split_names=None, input_shape=None, input_shapes: Mapping | None = None):
+    """Builds an MTV (or M&M) classifier from a Scenic config and loads Scenic's weights (strict, by Flax path).
 
     `params`: a Flax msgpack checkpoint file, a directory of `checkpoint_<N>` files, an `.npz` of
     '/'-joined flat params, or a nested/flat mapping of arrays. A `num_classes` different from the
     checkpoint's head replaces the head with a freshly initialised one (for fine-tuning) and says so.
+    `input_shape` overrides the RGB input (T, H, W[, C]); `input_shapes` any stream's.
     """
-    from mtv.models.builder import build_model, is_multimodal
-    from mtv.models.mtv import MTV
-    from mtv.models.spec import read_config, spec_from_config
+    from mtv.models.mtv_classifier import MTVClassifier
+    from mtv.models.spec import spec_from_config
 
     flat = load_flat_params(params)
-    if is_multimodal(read_config(config)):
-        model = build_model(config, num_classes=num_classes, class_splits=class_splits, split_names=split_names)
-        assign_flax_params(model, flat)
-        return model
     ckpt_classes = int(flat["output_projection/bias"].shape[0]) if "output_projection/bias" in flat else None
+    shapes = dict(input_shape=input_shape, input_shapes=input_shapes)
     try:
         spec = spec_from_config(config, num_classes=num_classes, class_splits=class_splits,
-                                split_names=split_names, input_shape=input_shape)
+                                split_names=split_names, **shapes)
     except ConfigError as e:
         if "number of classes is unknown" not in str(e) or ckpt_classes is None:
             raise
         spec = spec_from_config(config, num_classes=ckpt_classes, class_splits=class_splits,
-                                split_names=split_names, input_shape=input_shape)
-    model = MTV(spec)
+                                split_names=split_names, **shapes)
+    model = MTVClassifier.from_spec(spec)
     if spec["final_endpoint"] == "pre_logits" and any(k.startswith(HEAD) for k in flat):
         logging.info("final_endpoint 'pre_logits': the checkpoint's output_projection is not used")
         flat = {k: v for k, v in flat.items() if not k.startswith(HEAD)}
@@ -123,7 +118,7 @@ def assign_flax_params(model, flat: Mapping[str, np.ndarray], *, skip_prefixes: 
 
 
 def to_scenic(model, path: str | os.PathLike | None = None, *, layout: str = "optax", step: int = 0) -> dict:
-    """Keras MTV -> Scenic's nested param dict; with `path`, also writes a Flax msgpack checkpoint."""
+    """An mtv model -> Scenic's nested param dict; with `path`, also writes a Flax msgpack checkpoint."""
     nested: dict = {}
     for key, var in model.flax_params().items():
         node = nested

@@ -1,7 +1,8 @@
-"""`build_model`: a randomly initialised MTV from a Scenic experiment config."""
+"""`build_model`: a randomly initialised MTV or M&M classifier from a Scenic experiment config."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -9,29 +10,17 @@ import keras
 from mtv.models.spec import spec_from_config
 
 
-def is_multimodal(config: dict) -> bool:
-    """True when a (plain-dict) config describes an M&M model (it has `model.modalities`)."""
-    cfg = config.get("config", config) if "model" not in config else config
-    return bool((cfg.get("model") or {}).get("modalities"))
-
-
 def build_model(config: Any, *, num_classes: int | None = None, class_splits=None, split_names=None,
-                input_shape=None, seed: int | None = None) -> keras.Model:
-    """Builds an MTV (random init) from a Scenic config (ConfigDict, dict, .json, .py path or name).
+                input_shape=None, input_shapes: Mapping | None = None, seed: int | None = None) -> keras.Model:
+    """An `MTVClassifier` (random init) from a Scenic config (ConfigDict, dict, .json, .py path or name).
 
-    A config with a `model.modalities` section builds the multimodal M&M model instead.
+    A config with a `model.modalities` section other than RGB alone gets the M&M backbone.
+    `input_shape` overrides the RGB input (T, H, W[, C]); `input_shapes` any stream's.
     """
-    from mtv.models.mtv import MTV
-    from mtv.models.spec import read_config
+    from mtv.models.mtv_classifier import MTVClassifier
 
-    if is_multimodal(read_config(config)):
-        from mtv.models.multimodal import build_multimodal_model
-
-        return build_multimodal_model(config, num_classes=num_classes, class_splits=class_splits,
-                                      split_names=split_names, seed=seed)
-
-    spec = spec_from_config(config, num_classes=num_classes, class_splits=class_splits,
-                            split_names=split_names, input_shape=input_shape)
+    spec = spec_from_config(config, num_classes=num_classes, class_splits=class_splits, split_names=split_names,
+                            input_shape=input_shape, input_shapes=input_shapes)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    return MTV(spec)
+    return MTVClassifier.from_spec(spec)

@@ -9,17 +9,18 @@ from absl import logging
 
 def replace_head(model, num_classes: int, *, class_splits=None, split_names=None):
     """Returns a copy of `model` with `num_classes` outputs; every weight but the head is kept."""
+    from mtv.models.mtv_classifier import MTVClassifier
+
     spec = copy.deepcopy(model.spec)
     old = spec["num_classes"]
     spec["num_classes"] = int(num_classes)
     spec["class_splits"] = list(class_splits) if class_splits else None
     spec["split_names"] = list(split_names) if split_names else None
-    new = type(model)(spec)
-    head = "output_projection/"
-    src = model.flax_params()
-    for key, var in new.flax_params().items():
-        if not key.startswith(head):
-            var.assign(src[key])
+    spec["final_endpoint"] = "logits"
+    new = MTVClassifier.from_spec(spec)
+    src = model.backbone.flax_params()
+    for key, var in new.backbone.flax_params().items():
+        var.assign(src[key])
     logging.warning("replaced the %d-class head with a new %d-class head (zero-initialised as Scenic); "
                     "fine-tune before use", old, num_classes)
     return new

@@ -71,8 +71,10 @@ class TrainingModel(keras.Model):
         return logs
 
     def build_now(self) -> None:
-        """Creates every variable by one call on a zero clip (inside the strategy scope)."""
-        self(ops.zeros((1, *self.model.input_frames_shape)), training=False)
+        """Creates every variable by one call on zero inputs of the model's input spec (inside the strategy scope)."""
+        zeros = {name: ops.zeros((1, *shape)) for name, shape in self.model.input_shapes.items()}
+        # The same structure the datasets feed: a bare clip for a single input, else the dict.
+        self(next(iter(zeros.values())) if len(zeros) == 1 else zeros, training=False)
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)

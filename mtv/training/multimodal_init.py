@@ -153,7 +153,7 @@ class _Initialiser:
         self.view_map = match_views(self.spec, self.src_views)
         norm = flat.get("global_encoder/encoder_norm/scale")
         # The global encoder is taken whole or not at all: its width is the sum of the view widths.
-        self.global_same = norm is not None and int(np.shape(norm)[0]) == model.global_width()
+        self.global_same = norm is not None and int(np.shape(norm)[0]) == model.backbone.output_width
         self.same = {i for i, s in self.view_map.items() if i == s and self.spec["views"][i]["modality"] == "rgb"}
         self.report = {"view_map": dict(self.view_map), "copied": [], "adapted": {}, "initialised": []}
 

@@ -1,9 +1,22 @@
 """Scenic's optimizer for MTV: SGD with momentum 0.9, global-norm clipping, optional L2 decay.
 
-Keras clips gradients per replica, before they are summed across replicas, so the clipping threshold
-would depend on the number of replicas. Here the gradients are summed first and the global norm of the
-summed gradient is clipped, so one replica and N replicas take the same step on the same global batch.
-(Scenic's MTV trainer clips each device's gradient before `pmean`; with one device the two agree.)
+Written on Keras' public optimizer API: `apply` (overridden) and `update_step` (the subclassing hook the
+`keras.optimizers.Optimizer` docstring describes). Semantics, for one replica and for N:
+
+  g     = sum over replicas of each replica's gradient (each replica's loss is its share of the global
+          batch mean, so g is the gradient of the global batch mean loss)
+  g     = g + l2_decay_factor * w                     (Scenic adds 0.5 * l2 * |w|^2 to the loss)
+  g     = g * min(1, max_grad_norm / |g|)             (global norm of the whole, summed gradient)
+  m     = momentum * m + g;  w = w - lr * m           (optax/flax momentum, as Scenic)
+
+Keras' own `global_clipnorm` would clip each replica's gradient before the replicas are summed, so its
+threshold would depend on the replica count; here one replica and N replicas take the same step on the
+same global batch. (Scenic's MTV trainer clips each device's gradient before `pmean`; with one device
+the two agree.)
+
+Keras' `apply` under tf.distribute sums the gradients it is given across replicas. To clip the sum, this
+optimizer sums them first (one extra all-reduce, only when clipping with more than one replica) and
+hands Keras each replica's equal share of the clipped total, which Keras sums back into that total.
 """
 
 from __future__ import annotations
@@ -17,10 +30,12 @@ from keras import ops
 from mtv.errors import ConfigError
 
 
-def _sum_across_replicas(grads: list) -> list:
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return grads
+def _replica_context():
+    ctx = tf.distribute.get_replica_context()  # None in a cross-replica context
+    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+
+def _sum_across_replicas(ctx, grads: list) -> list:
     present = [g for g in grads if g is not None]
     reduced = iter(ctx.all_reduce(tf.distribute.ReduceOp.SUM, present)) if present else iter(())
     return [None if g is None else next(reduced) for g in grads]
@@ -32,36 +47,53 @@ class ScenicMomentum(keras.optimizers.SGD):
 
     def __init__(self, learning_rate=0.1, momentum: float = 0.9, *, nesterov: bool = False,
                  global_clipnorm: float | None = None, l2_decay_factor: float | None = None, **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-                         global_clipnorm=global_clipnorm, **kwargs)
+        # Keras' own global_clipnorm stays unset: it would clip per replica (see the module docstring).
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
+        if global_clipnorm is not None and float(global_clipnorm) <= 0:
+            raise ConfigError(f"global_clipnorm must be positive or None, got {global_clipnorm}")
+        self.max_grad_norm = float(global_clipnorm) if global_clipnorm is not None else None
         self.l2_decay_factor = float(l2_decay_factor or 0.0)
 
-    def _backend_apply_gradients(self, grads, trainable_variables):
-        grads = _sum_across_replicas(list(grads))
+    def apply(self, grads, trainable_variables=None):
+        """Adds L2 decay and clips the global norm of the replica-summed gradient, then updates."""
+        if trainable_variables is None:
+            raise ValueError("ScenicMomentum.apply needs trainable_variables (L2 decay reads the weights)")
+        grads, variables = list(grads), list(trainable_variables)
+        ctx = _replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        summed = replicas == 1 or self.max_grad_norm is not None
+        if replicas > 1 and self.max_grad_norm is not None:
+            grads = _sum_across_replicas(ctx, grads)
         if self.l2_decay_factor:
-            # Scenic adds 0.5 * l2 * sum(w^2) to the loss; its gradient is l2 * w, clipped with the rest.
-            grads = [g if g is None else g + tf.cast(self.l2_decay_factor, g.dtype) * tf.cast(v, g.dtype)
-                     for g, v in zip(grads, trainable_variables, strict=True)]
-        return super()._backend_apply_gradients(grads, trainable_variables)
+            # Each replica adds its share of l2 * w when Keras is left to sum the replicas.
+            l2 = self.l2_decay_factor if summed else self.l2_decay_factor / replicas
+            grads = [g if g is None else g + tf.cast(l2, g.dtype) * tf.cast(v, g.dtype)
+                     for g, v in zip(grads, variables, strict=True)]
+        if self.max_grad_norm is not None:
+            present = [i for i, g in enumerate(grads) if g is not None]
+            clipped, _ = tf.clip_by_global_norm([grads[i] for i in present], self.max_grad_norm)
+            for i, g in zip(present, clipped, strict=True):
+                grads[i] = g / replicas if replicas > 1 else g
+        return super().apply(grads, variables)
 
     def update_step(self, gradient, variable, learning_rate):
-        # optax/flax momentum (Scenic): m <- beta * m + g;  w <- w - lr * m  (Keras would fold lr into m).
+        """optax/flax momentum (Scenic): m <- beta * m + g;  w <- w - lr * m (Keras would fold lr into m)."""
         lr = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
         if self.momentum == 0:
             self.assign_sub(variable, ops.multiply(gradient, lr))
             return
         beta = ops.cast(self.momentum, variable.dtype)
+        # The variable -> slot lookup Keras' Optimizer docstring shows for subclasses' update_step.
         m = self.momentums[self._get_variable_index(variable)]
         self.assign(m, ops.add(ops.multiply(m, beta), gradient))
         step = ops.add(gradient, ops.multiply(beta, m)) if self.nesterov else m
         self.assign_sub(variable, ops.multiply(step, lr))
 
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        return list(grads_and_vars)  # already summed in _backend_apply_gradients
-
-    def get_config(self):
+    def get_config(self) -> dict:
+        """Keras config; `global_clipnorm` is Scenic's max_grad_norm (clipped after summing replicas)."""
         config = super().get_config()
+        config["global_clipnorm"] = self.max_grad_norm
         config["l2_decay_factor"] = self.l2_decay_factor
         return config
 

@@ -34,10 +34,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from mtv.data.datasets import TrainingData, build_datasets
 from mtv.errors import CheckpointError, ConfigError, DataError
 from mtv.training import checkpoints as ckpt_lib
-from mtv.training import inputs as inputs_lib
 from mtv.training.strategy import distribute, is_chief, make_strategy
+from mtv.utils.numeric import top_k
 
 _STOP = threading.Event()  # set by SIGTERM: checkpoint at the next step and stop
 
@@ -78,106 +79,32 @@ def _positive_int(config, key: str, default=None) -> int:
     return int(value)
 
 
-def _heads_and_data(config, workdir: Path, train_data, eval_data, videos: str | None):
-    """(heads {name: classes}, [(DataSpec, {source label -> head})], weights) for the run."""
-    if config.get("cofinetune"):
-        entries = config.get("datasets")
-        if not entries:
-            raise ConfigError("cofinetune=True needs config.datasets: a list of {name, dataset_name, "
-                              "dataset_configs, num_classes, sampling_weight}")
-        heads, specs, weights = {}, [], []
-        base = inputs_lib._plain(config.get("dataset_configs")) or {}
-        for i, entry in enumerate(entries):
-            entry = inputs_lib._plain(entry)
-            name = entry.get("name") or f"dataset{i}"
-            if name in heads:
-                raise ConfigError(f"config.datasets: name '{name}' is used twice; each dataset needs its own head")
-            dc = {**base, **(entry.get("dataset_configs") or {})}
-            for key in ("class_splits", "split_names"):
-                dc.pop(key, None)
-            spec = inputs_lib.data_from_config(config, workdir, dataset_name=entry.get("dataset_name"),
-                                               dataset_configs=dc, num_classes=entry.get("num_classes"),
-                                               name=name, videos=videos)
-            if len(spec.source.classes) != 1:
-                raise ConfigError(f"co-finetuning dataset '{name}' must have one label, "
-                                  f"got {list(spec.source.classes)}")
-            heads[name] = next(iter(spec.source.classes.values()))
-            specs.append((spec, {next(iter(spec.source.classes)): name}))
-            weights.append(float(entry.get("sampling_weight", 1.0)))
-        return heads, specs, weights
-    if train_data is not None:
-        spec = _data_from_arrays(config, train_data, eval_data)
-    else:
-        spec = inputs_lib.data_from_config(config, workdir, videos=videos)
-    classes = spec.source.classes
-    return dict(classes), [(spec, {k: k for k in classes})], [1.0]
-
-
-def _data_from_arrays(config, train_data, eval_data) -> inputs_lib.DataSpec:
-    """`train(..., train_data=(clips, labels))` for notebooks; labels int [N] or {head: int [N]}."""
-    if isinstance(train_data, inputs_lib.Source):
-        source = train_data
-    else:
-        clips, labels = train_data
-        dc = config.get("dataset_configs") or {}
-        classes = inputs_lib._classes_for(inputs_lib._plain(dc), None)
-        if not isinstance(labels, dict):
-            labels = {next(iter(classes)): labels}
-        source = inputs_lib.array_source(clips, labels, classes, random_flip=bool(dc.get("random_flip", False)))
-    eval_arrays = None
-    if eval_data is not None:
-        clips, labels = eval_data
-        eval_arrays = (clips, labels if isinstance(labels, dict) else {next(iter(source.classes)): labels})
-    return inputs_lib.DataSpec("data", source, eval_arrays=eval_arrays)
-
-
 # ---------------------------------------------------------------------------------- evaluation
-def _eval_batches(spec: inputs_lib.DataSpec, config, batch: int):
-    """Single-view (centre clip) evaluation batches (float frames, {label: one-hot}) of a DataSpec."""
-    if spec.eval_arrays is not None:
-        clips, labels = spec.eval_arrays
-        hot = {k: inputs_lib.one_hot(v, spec.source.classes[k], k) for k, v in labels.items()}
-        for start in range(0, len(clips), batch):
-            yield (inputs_lib.normalize_frames(clips[start:start + batch]),
-                   {k: v[start:start + batch] for k, v in hot.items()})
-    elif spec.eval_files:
-        from mtv.data import tfrecord
-
-        dc = dict(inputs_lib._plain(config.get("dataset_configs")) or {})
-        dc.update(num_test_clips=1, do_three_spatial_crops=False)
-        ds = tfrecord.make_dataset(spec.eval_files, dataset_configs=dc, is_train=False, batch_size=batch,
-                                   label_names=tuple(spec.source.classes), num_classes=spec.source.classes)
-        for x, y in ds:
-            y = y if isinstance(y, dict) else {next(iter(spec.source.classes)): y}
-            yield x.numpy()[:, 0], {k: v.numpy() for k, v in y.items()}
-
-
-def evaluate_single_view(model, specs, heads: dict, config, batch: int = 32) -> dict[str, float]:
+def evaluate_single_view(model, data: TrainingData, batch: int = 32) -> dict[str, float]:
     """Top-1 (and top-5) accuracy in percent of every head on its held-out data, one centre view per clip.
 
     Keys: 'accuracy' and 'top5' for a single head, '<head>_accuracy' and '<head>_top5' for several.
     """
-    names = list(heads)
     predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     results = {}
-    for spec, label_map in specs:
+    for spec, label_map in data.parts:
         for label, head in label_map.items():
             top1, top5, count = 0, 0, 0
-            for x, y in _eval_batches(spec, config, batch):
+            for x, y in spec.eval_batches(batch):
                 n = len(x)
                 if n < batch:  # pad to the traced batch size
                     x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
                 out = predict(tf.constant(x))
                 logits = np.asarray(out[head] if isinstance(out, dict) else out)[:n]
                 truth = y[label].argmax(-1)
-                ranked = np.argsort(-logits, axis=-1)
+                ranked, _ = top_k(logits, 5)
                 top1 += int((ranked[:, 0] == truth).sum())
                 top5 += int((ranked[:, :5] == truth[:, None]).any(axis=1).sum())
                 count += n
             if count:
-                prefix = "" if len(names) == 1 else f"{head}_"
+                prefix = "" if len(data.heads) == 1 else f"{head}_"
                 results[f"{prefix}accuracy"] = 100.0 * top1 / count
-                if heads[head] > 5:
+                if data.heads[head] > 5:
                     results[f"{prefix}top5"] = 100.0 * top5 / count
     return results
 
@@ -280,8 +207,10 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
     """Trains (or resumes) the run in `workdir` as `config` says; returns the trained model and logs.
 
     train_data / eval_data: optional in-memory data instead of the config's dataset, as
-      `(clips uint8 [N, T, H, W, 3], labels int [N] or {head: int [N]})` (or an `inputs.Source`).
-    videos: source videos for the generated camera-motion data (default: none, procedural textures).
+      `(clips uint8 [N, T, H, W, 3], labels int [N] or {head: int [N]})` (or a `mtv.data.sources.Source`);
+      the 'arrays' dataset of `mtv.data.datasets`.
+    videos: source videos for datasets that render clips from videos (camera_motion; default: procedural
+      textures).
     export_preset: also save the final model as a preset there (with class names, preprocessing and the
       held-out accuracy in its metadata).
     """
@@ -297,21 +226,14 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
     if policy not in ("float32", "mixed_bfloat16", "mixed_float16"):
         raise ConfigError(f"config.mixed_precision is {policy!r}; expected 'float32', 'mixed_bfloat16' or "
                           "'mixed_float16'")
-    from mtv.models.spec import spec_from_config
 
-    if not config.get("cofinetune"):  # check the model config before any data is read
-        dc = inputs_lib._plain(config.get("dataset_configs")) or {}
-        if dc.get("class_splits") or dc.get("num_classes") or config.get("dataset_name") == "camera_motion":
-            spec_from_config(config, num_classes=13 if config.get("dataset_name") == "camera_motion" else None)
-    workdir.mkdir(parents=True, exist_ok=True)
-    videos = videos or ((inputs_lib._plain(config.get("dataset_configs")) or {}).get("synthetic") or {}).get("videos")
-    heads, specs, weights = _heads_and_data(config, workdir, train_data, eval_data, videos)
-    head_names = list(heads)
-    single = len(heads) == 1
-    skipped_prep = sum(len(spec.skipped) for spec, _ in specs)
+    def check_then_mkdir(heads: dict[str, int]) -> None:
+        _check_model_config(config, heads)  # before any data is read
+        workdir.mkdir(parents=True, exist_ok=True)
 
-    num_examples = sum(spec.source.num_examples or 0 for spec, _ in specs)
-    steps_per_epoch = max(num_examples // batch, 1)
+    data = build_datasets(config, workdir, train_data=train_data, eval_data=eval_data, videos=videos,
+                          check_heads=check_then_mkdir)
+    steps_per_epoch = max(data.num_examples // batch, 1)
     if config.get("num_training_steps"):
         total = _positive_int(config, "num_training_steps")
     else:
@@ -323,23 +245,33 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
     old_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _run(config, workdir, strategy, chief, heads, head_names, single, specs, weights, batch, total,
-                    steps_per_epoch, every, eval_every, skipped_prep, export_preset, preset_metadata, verbose)
+        return _run(config, workdir, strategy, chief, data, batch, total, steps_per_epoch, every, eval_every,
+                    export_preset, preset_metadata, verbose)
     finally:
         keras.mixed_precision.set_global_policy(old_policy)
 
 
-def _build(config, heads: dict, single: bool):
+def _check_model_config(config, heads: dict[str, int]) -> None:
+    """Validates the model config for these heads (the same check build_model makes, without weights)."""
+    from mtv.models.spec import spec_from_config
+
+    if len(heads) == 1:
+        spec_from_config(config, num_classes=next(iter(heads.values())))
+    else:
+        spec_from_config(config, class_splits=list(heads.values()), split_names=list(heads))
+
+
+def _build(config, heads: dict):
     from mtv.models.builder import build_model
 
-    if single:
+    if len(heads) == 1:
         return build_model(config, num_classes=next(iter(heads.values())), seed=int(config.get("rng_seed", 0)))
     return build_model(config, class_splits=list(heads.values()), split_names=list(heads),
                        seed=int(config.get("rng_seed", 0)))
 
 
-def _run(config, workdir, strategy, chief, heads, head_names, single, specs, weights, batch, total,
-         steps_per_epoch, every, eval_every, skipped_prep, export_preset, preset_metadata, verbose) -> TrainResult:
+def _run(config, workdir, strategy, chief, data: TrainingData, batch, total, steps_per_epoch, every, eval_every,
+         export_preset, preset_metadata, verbose) -> TrainResult:
     from mtv.training.init_from import initialize
     from mtv.training.losses import TrainingModel
     from mtv.training.optimizer import make_optimizer
@@ -349,8 +281,8 @@ def _run(config, workdir, strategy, chief, heads, head_names, single, specs, wei
                                 steps_per_epoch=steps_per_epoch, total_steps=total)
     seed = int(config.get("rng_seed", 0))
     with strategy.scope():
-        inner = _build(config, heads, single)
-        wrapper = TrainingModel(inner, head_names, label_smoothing=config.get("label_smoothing"))
+        inner = _build(config, data.heads)
+        wrapper = TrainingModel(inner, list(data.heads), label_smoothing=config.get("label_smoothing"))
         optimizer = make_optimizer(config, ScenicSchedule(lr_cfg))
         wrapper.compile(optimizer=optimizer, jit_compile=bool(config.get("jit_compile", False)))
         wrapper.build_now()
@@ -372,12 +304,12 @@ def _run(config, workdir, strategy, chief, heads, head_names, single, specs, wei
                               f"{int(optimizer.iterations.numpy())} differ")
 
     history: list[dict] = []
-    meta = {"heads": heads, "total_steps": total, "batch_size": batch}
+    meta = {"heads": data.heads, "total_steps": total, "batch_size": batch}
 
     def eval_fn():
-        return evaluate_single_view(inner, specs, heads, config, batch=int(config.get("eval_batch_size", batch)))
+        return evaluate_single_view(inner, data, batch=int(config.get("eval_batch_size", batch)))
 
-    has_eval = any(s.eval_arrays is not None or s.eval_files for s, _ in specs)
+    has_eval = data.has_eval
     logger = _RunLogger(workdir=workdir, inner=inner, lr_cfg=lr_cfg, total=total, chief=chief,
                         eval_fn=eval_fn if has_eval else None, eval_every=eval_every,
                         keep=int(config.get("max_checkpoint_keep", 3)), meta=meta, history=history)
@@ -388,8 +320,10 @@ def _run(config, workdir, strategy, chief, heads, head_names, single, specs, wei
     _install_sigterm()
     try:
         if start < total:
-            dataset = _train_dataset(config, specs, heads, weights, batch, seed, start, single)
-            dataset = distribute(strategy, dataset, batch)
+            mixup = config.get("mixup") or {}
+            alpha = float(mixup.get("alpha") or 0.0) if hasattr(mixup, "get") else 0.0
+            dataset = distribute(strategy, data.train_dataset(batch, seed=seed, start_step=start, mixup_alpha=alpha),
+                                 batch)
             epochs = math.ceil((total - start) / every)
             wrapper.fit(dataset, epochs=epochs, steps_per_epoch=every, callbacks=[logger], verbose=verbose,
                         shuffle=False)
@@ -399,39 +333,20 @@ def _run(config, workdir, strategy, chief, heads, head_names, single, specs, wei
         logger.save(step)
     finally:
         logger.close()
-    skipped = skipped_prep + sum(int(getattr(s.source.skip_counter, "count", 0) or 0) for s, _ in specs)
+    skipped = data.skipped
     if skipped:
         logging.warning("%d unreadable example(s) were skipped in all (see the warnings above)", skipped)
     preset = None
     if export_preset and chief and step >= total:
-        preset = _export(inner, export_preset, config, heads, logger.last_eval, step, preset_metadata)
+        preset = _export(inner, export_preset, config, data, logger.last_eval, step, preset_metadata)
     return TrainResult(inner, workdir, step, total, start, history, logger.last_eval, skipped, preset)
 
 
-def _train_dataset(config, specs, heads, weights, batch, seed, start, single) -> tf.data.Dataset:
-    datasets = []
-    for i, (spec, label_map) in enumerate(specs):
-        ds = spec.source.batches(batch, start, seed + 1000 * i)
-        datasets.append(inputs_lib.to_heads(ds, label_map, heads, single))
-    if len(datasets) == 1:
-        dataset = datasets[0]
-    else:
-        dataset = inputs_lib.mixture(datasets, weights, seed=seed, start_step=start)
-    mixup = config.get("mixup") or {}
-    alpha = float(mixup.get("alpha") or 0.0) if hasattr(mixup, "get") else 0.0
-    if alpha > 0:
-        dataset = inputs_lib.mixup_batches(dataset, alpha, seed=seed, start_step=start)
-    return dataset.prefetch(2)
-
-
-def _export(model, directory, config, heads, evaluation, step, extra) -> Path:
+def _export(model, directory, config, data: TrainingData, evaluation, step, extra) -> Path:
     from mtv.io.presets import save_preset
 
-    dc = inputs_lib._plain(config.get("dataset_configs")) or {}
-    class_names = config.get("class_names")
-    if config.get("dataset_name") == "camera_motion" and not class_names:
-        from mtv.data import synthetic
-        class_names = synthetic.class_names()
+    dc = config.get("dataset_configs") or {}
+    class_names = config.get("class_names") or data.class_names
     clips, crops = int(dc.get("num_test_clips", 1)), 3 if dc.get("do_three_spatial_crops") else 1
     pre = {"num_frames": int(dc.get("num_frames", 32)), "stride": int(dc.get("stride", 2)),
            "min_resize": int(dc.get("min_resize", 256)), "crop_size": int(dc.get("crop_size", 224)),
@@ -442,11 +357,9 @@ def _export(model, directory, config, heads, evaluation, step, extra) -> Path:
         accuracy = {"top1": round(evaluation["accuracy"], 2)}
         if "top5" in evaluation:
             accuracy["top5"] = round(evaluation["top5"], 2)
-        held_out = ("generated clips rendered from a video never used in training"
-                    if config.get("dataset_name") == "camera_motion" else "the config's validation data")
-        accuracy["source"] = f"measured by mtv train after {step} steps: one centre view per clip on {held_out}"
+        accuracy["source"] = f"measured by mtv train after {step} steps: one centre view per clip on {data.held_out}"
     metadata = {"name": config.get("experiment_name"), "class_names": list(class_names) if class_names else None,
                 "num_frames": pre["num_frames"], "stride": pre["stride"], "test_views": f"{clips}x{crops}",
-                "preprocessing": pre, "trained_steps": step, "heads": heads, "accuracy": accuracy,
+                "preprocessing": pre, "trained_steps": step, "heads": data.heads, "accuracy": accuracy,
                 "dataset": config.get("dataset_name"), "config": json.loads(config.to_json()), **(extra or {})}
     return save_preset(model, directory, metadata=metadata)

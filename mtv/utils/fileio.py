@@ -1,12 +1,16 @@
-"""Atomic file writes: every cache, checkpoint, results file and export goes through here."""
+"""Atomic file and directory writes, and the inter-process file lock: every cache, checkpoint, results
+file, preset and export goes through here."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import filelock
 
 
 @contextlib.contextmanager
@@ -32,3 +36,43 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Yields a temporary directory beside `path`; on success it is renamed to `path`, on error deleted.
+
+    An existing empty `path` is replaced; a non-empty one only with `replace=True` (else FileExistsError),
+    swapped out through a hidden `.old` sibling so that `path` is never half written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; these are ordinary shareable directories
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        if not path.exists():
+            os.replace(tmp, path)
+        elif not replace:
+            raise FileExistsError(f"'{path}' exists and is not empty")
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Holds an exclusive inter-process lock on the lock file `path` (created if missing) for the block.
+
+    Built on `filelock`, so it works on every OS; threads of one process exclude each other too.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(path)):
+        yield

@@ -32,8 +32,8 @@ def test_generic_csv_end_to_end(tmp_path, videos_dir, capsys):
         "gone.mp4,1,missing video\n")
     out = tmp_path / "records"
     code = mtv.cli.run(["data", "prepare", str(csv_path), "--out", str(out), "--shards", "2",
-                        "--video-root", str(videos_dir), "--num-classes", "400", "--max-frames", "12",
-                        "--min-resize", "128", "--audio"])
+                        "--video_root", str(videos_dir), "--num_classes", "400", "--max_frames", "12",
+                        "--min_resize", "128", "--audio"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "wrote 2 examples to 2 shard(s)" in captured.out
@@ -64,7 +64,7 @@ def test_epic_csv_with_video_file_and_frames_dir(tmp_path):
         "P02_03_5,P02,P02_03,2,10,put,1,cup,299\n"
         "P03_01_0,P03,P03_01,1,5,open,2,door,8\n")
     out = tmp_path / "records"
-    code = mtv.cli.run(["data", "prepare", str(csv_path), "--out", str(out), "--video-root", str(root),
+    code = mtv.cli.run(["data", "prepare", str(csv_path), "--out", str(out), "--video_root", str(root),
                         "--name", "val", "--flow"])
     assert code == 0
     examples = _parse_all(out / "val@1")
@@ -122,7 +122,7 @@ def test_non_integer_label(tmp_path, capsys):
 
 
 def test_label_outside_num_classes(tmp_path, capsys):
-    err = _run_bad(tmp_path, capsys, "path,label\na.mp4,1\nb.mp4,10\n", "--num-classes", "10")
+    err = _run_bad(tmp_path, capsys, "path,label\na.mp4,1\nb.mp4,10\n", "--num_classes", "10")
     assert "bad.csv:3" in err and "label 10 is outside [0, 10)" in err
     err = _run_bad(tmp_path, capsys, "path,label\na.mp4,-1\n")
     assert "bad.csv:2: label -1 is negative" in err

@@ -1,20 +1,23 @@
-"""The MTV keras.Model: tubelet embeddings per view, multiview encoder, global encoder, head(s)."""
+"""The MTV backbone: tubelet embeddings per view -> multiview encoder -> global encoder -> pre_logits."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import keras
 from keras import ops
 
-from mtv.errors import ShapeError
+from mtv.errors import ConfigError, ShapeError
 from mtv.layers.common import flax_dense, prefixed
 from mtv.layers.global_encoder import GlobalEncoder
 from mtv.layers.multiview_encoder import MultiviewEncoder
 from mtv.layers.patch_embedding import embed_patches, tubelet_embedding
-from mtv.models.spec import derive
+from mtv.models.spec import HEAD_FIELDS, MODALITIES, derive, stream_views
 
 POOLS = {"gap": ops.mean, "gmp": ops.max, "gsp": ops.sum}
+_AXES = {"rgb": ("frames", "height", "width", "channels"), "flow": ("frames", "height", "width", "channels"),
+         "audio": ("time frames", "mel bins", "channels")}
 
 
 def pool_tokens(x, classifier: str, axis):
@@ -25,27 +28,46 @@ def pool_tokens(x, classifier: str, axis):
 
 
 @keras.saving.register_keras_serializable(package="mtv")
-class MTV(keras.Model):
-    """Multiview Transformer, numerically identical to Scenic's `scenic.projects.mtv.model.MTV`.
+class MTVBackbone(keras.Model):
+    """Multiview Transformer up to pre_logits, numerically Scenic's `scenic.projects.mtv.model.MTV`.
 
-    Input: float frames (batch, num_frames, height, width, channels) in [-1, 1]. Output: logits
-    (batch, num_classes), a dict of logits per head when `split_names` is set, or `pre_logits`
-    when `final_endpoint == 'pre_logits'`.
+    Input: `input_shapes` names the inputs, {'rgb': (T, H, W, C)} for MTV: float frames in [-1, 1]
+    of shape (batch, T, H, W, C), as a bare tensor or a dict {'rgb': frames}. Output: the pooled
+    global feature (batch, width), or the (batch, t, h, w, width) feature map when
+    `keep_spatiotemporal_features` is set. `spec` is a spec of `mtv.models.spec` (its head fields
+    are ignored).
     """
 
-    def __init__(self, spec: dict, **kwargs):
-        kwargs.setdefault("name", "mtv")
-        super().__init__(**kwargs)
-        self.spec = copy.deepcopy(spec)
-        self.geometry = derive(self.spec)
-        s = self.spec
-        self.embeddings = [tubelet_embedding(v["hidden_size"], v["patch_size"], name=f"embedding_view{i}")
-                           for i, v in enumerate(s["views"])]
-        self._make_encoders_and_head()
-        self.build((None, s["num_frames"], *s["image_size"], s["channels"]))
+    #: The streams this class can take; M&M widens it.
+    SUPPORTED_MODALITIES: tuple[str, ...] = ("rgb",)
 
-    def _make_encoders_and_head(self) -> None:
-        """The multiview encoder, global encoder (with its time-merge projections) and head of the spec."""
+    def __init__(self, spec: dict, **kwargs):
+        kwargs.setdefault("name", "mtv_backbone")
+        super().__init__(**kwargs)
+        self.spec = {k: v for k, v in copy.deepcopy(dict(spec)).items() if k not in HEAD_FIELDS}
+        self.geometry = derive(self.spec)
+        extra = [m for m in self.spec["modalities"] if m not in self.SUPPORTED_MODALITIES]
+        if extra:
+            raise ConfigError(f"{type(self).__name__} takes only {list(self.SUPPORTED_MODALITIES)}; this spec has "
+                              f"the {extra[0]!r} stream (use mtv.models.mm_backbone.MMBackbone or build_model)")
+        self.modalities = [m for m in MODALITIES if m in self.spec["modalities"]]
+        self.embeddings = [self._make_embedding(i, v) for i, v in enumerate(self.spec["views"])]
+        self._make_encoders()
+        self.build({m: (None, *shape) for m, shape in self.input_shapes.items()})
+
+    # ------------------------------------------------------------------------- what M&M overrides
+    @property
+    def input_shapes(self) -> dict[str, tuple]:
+        """Input name -> shape without the batch axis: {'rgb': (num_frames, height, width, channels)}."""
+        s = self.spec["modalities"]["rgb"]
+        return {"rgb": (s["num_frames"], *s["image_size"], s["channels"])}
+
+    def _make_embedding(self, index: int, view: Mapping) -> keras.layers.Layer:
+        """The weights that embed view `index`'s input (applied with `embed_patches`)."""
+        return tubelet_embedding(view["hidden_size"], view["patch_size"], name=f"embedding_view{index}")
+
+    # ---------------------------------------------------------------------------------- structure
+    def _make_encoders(self) -> None:
         s, geo = self.spec, self.geometry
         views = [{**{k: v[k] for k in ("hidden_size", "num_heads", "mlp_dim", "num_layers")},
                   "tokens_per_frame": g["tokens_per_frame"], "frames_per_step": g["frames_per_step"]}
@@ -60,45 +82,32 @@ class MTV(keras.Model):
         if g["merge_axis"] == "time":
             self.global_linear = [keras.layers.Dense(g["hidden_size"], name=f"global_encoder_linear_view{i}")
                                   for i in range(len(s["views"]))]
-        self.output_projection = None
-        if s["final_endpoint"] == "logits":
-            self.output_projection = keras.layers.Dense(s["num_classes"], kernel_initializer="zeros",
-                                                        name="output_projection")
 
-    # ----------------------------------------------------------------------------------- shapes
     @property
-    def input_frames_shape(self) -> tuple:
-        """(num_frames, height, width, channels) the model takes."""
-        return (self.spec["num_frames"], *self.spec["image_size"], self.spec["channels"])
-
-    def global_width(self) -> int:
+    def output_width(self) -> int:
+        """The width of pre_logits (the global encoder's)."""
         g = self.spec["global_encoder"]
         if g["merge_axis"] == "time":
             return g["hidden_size"]
         return sum(v["hidden_size"] for v in self.spec["views"])
 
+    def view_indices(self) -> dict[str, list[int]]:
+        """Modality -> indices of its views (the `i` of `embedding_view{i}` and friends)."""
+        return stream_views(self.spec)
+
     def _global_input_shape(self) -> tuple:
         s, geo = self.spec, self.geometry
-        token = s["classifier"] == "token"
-        if s["global_encoder"]["merge_axis"] == "time":
-            length = sum(geo["temporal"])
-        else:
-            length = geo["max_time"]
-        width = self.global_width()
+        length = sum(geo["temporal"]) if s["global_encoder"]["merge_axis"] == "time" else geo["max_time"]
         if s["keep_spatiotemporal_features"]:
             grid = geo["views"][0]["grid"]
-            return (None, grid[0] * grid[1], length, width)
-        return (None, length + (1 if token else 0), width)
-
-    def _view_input_shape(self, view: int, input_shape) -> tuple:
-        """The input shape view `view` embeds (every view of MTV sees the same frames)."""
-        return tuple(input_shape)
+            return (None, grid[0] * grid[1], length, self.output_width)
+        return (None, length + (1 if s["classifier"] == "token" else 0), self.output_width)
 
     def build(self, input_shape):
         s, geo = self.spec, self.geometry
         token_shapes = []
         for i, (v, g) in enumerate(zip(s["views"], geo["views"], strict=True)):
-            self.embeddings[i].build(self._view_input_shape(i, input_shape))
+            self.embeddings[i].build(tuple(input_shape[v["modality"]]))
             if s["classifier"] == "token":
                 setattr(self, f"cls_view{i}", self.add_weight(
                     name=f"cls_view{i}", shape=(1, g["temporal_tokens"], 1, v["hidden_size"]),
@@ -117,31 +126,59 @@ class MTV(keras.Model):
             lin.build((None, s["views"][i]["hidden_size"]))
         self.cls_global = None
         if s["classifier"] == "token":
-            self.cls_global = self.add_weight(name="cls_global", shape=(1, 1, self.global_width()),
+            self.cls_global = self.add_weight(name="cls_global", shape=(1, 1, self.output_width),
                                               initializer="zeros")
         self.global_encoder.build(self._global_input_shape())
-        if self.output_projection is not None:
-            self.output_projection.build((None, self.global_width()))
         self.built = True
 
-    def _check_input(self, x) -> None:
-        expected = self.input_frames_shape
-        shape = tuple(x.shape)
-        if len(shape) != 5:
-            raise ShapeError(f"MTV input must be 5-D (batch, frames, height, width, channels) = "
-                             f"(B, {', '.join(map(str, expected))}); got shape {shape}")
-        for got, want, what in zip(shape[1:], expected, ("frames", "height", "width", "channels"), strict=True):
-            if got is not None and got != want:
-                raise ShapeError(f"MTV input has {got} {what} but this model takes {want} "
-                                 f"(expected (B, {', '.join(map(str, expected))}), got {shape})")
+    # ---------------------------------------------------------------------------------- inputs
+    def _describe_inputs(self) -> str:
+        return ", ".join(f"'{m}': (B, {', '.join(map(str, shape))})" for m, shape in self.input_shapes.items())
+
+    def check_inputs(self, inputs) -> dict:
+        """The inputs as a dict, checked: keys are exactly `input_shapes`' and every shape fits."""
+        expected = self.input_shapes
+        if not isinstance(inputs, Mapping):
+            if len(expected) != 1:
+                raise ShapeError(f"this model takes a dict of inputs {{{self._describe_inputs()}}}; "
+                                 f"got {type(inputs).__name__}")
+            inputs = {next(iter(expected)): inputs}
+        for key in inputs:
+            if key not in MODALITIES:
+                raise ShapeError(f"unknown modality {key!r} in the input dict; known modalities: "
+                                 f"{', '.join(MODALITIES)}; this model takes {{{self._describe_inputs()}}}")
+            if key not in expected:
+                raise ShapeError(f"the input dict has {key!r}, but this model has no {key} stream; "
+                                 f"it takes {{{self._describe_inputs()}}}")
+        missing = [m for m in expected if m not in inputs]
+        if missing:
+            raise ShapeError(f"the input dict lacks modality {missing[0]!r}; this model takes "
+                             f"{{{self._describe_inputs()}}}")
+        batch = None
+        for m, want in expected.items():
+            shape = tuple(inputs[m].shape)
+            if len(shape) != len(want) + 1:
+                raise ShapeError(f"input '{m}' must be {len(want) + 1}-D (B, {', '.join(map(str, want))}); "
+                                 f"got shape {shape}")
+            for got, size, what in zip(shape[1:], want, _AXES[m], strict=True):
+                if got is not None and got != size:
+                    raise ShapeError(f"input '{m}' has {got} {what} but this model takes {size} "
+                                     f"(expected (B, {', '.join(map(str, want))}), got {shape})")
+            if shape[0] is not None:
+                if batch is not None and shape[0] != batch:
+                    raise ShapeError(f"inputs disagree on the batch size: '{m}' has {shape[0]}, an earlier one "
+                                     f"{batch}")
+                batch = shape[0]
+        return {m: inputs[m] for m in expected}
 
     # ---------------------------------------------------------------------------------- forward
-    def tokenize(self, x) -> list:
-        """Tubelet embedding + per-frame CLS + temporal alignment: (B, T_aligned, r_i*n_i, c_i) per view."""
+    def tokenize(self, inputs: Mapping) -> list:
+        """Per view: patch embedding + per-frame CLS + temporal alignment -> (B, T_aligned, r_i*n_i, c_i)."""
         s, geo = self.spec, self.geometry
-        batch = ops.shape(x)[0]
         tokens = []
         for i, (v, g) in enumerate(zip(s["views"], geo["views"], strict=True)):
+            x = inputs[v["modality"]]
+            batch = ops.shape(x)[0]
             y = embed_patches(self.embeddings[i], x)
             c, t = v["hidden_size"], g["temporal_tokens"]
             y = ops.reshape(y, (batch, t, g["grid"][0] * g["grid"][1], c))
@@ -181,37 +218,16 @@ class MTV(keras.Model):
         x = self.global_encoder(x, training=training)
         return pool_tokens(x, s["classifier"], axis=1)
 
-    def call(self, x, training=False):
-        return self.forward(x, training=training, endpoint=self.spec["final_endpoint"])
-
-    def pre_logits(self, x, training=False):
-        """The pooled global feature fed to `output_projection` (Scenic's `pre_logits`)."""
-        return self.forward(x, training=training, endpoint="pre_logits")
-
-    def forward(self, x, training=False, endpoint: str = "logits"):
-        """The whole model up to `endpoint` ('logits' or 'pre_logits')."""
-        self._check_input(x)
-        s = self.spec
-        x = ops.cast(x, self.compute_dtype)
-        tokens = self.tokenize(x)
+    def call(self, inputs, training=False):
+        inputs = {m: ops.cast(x, self.compute_dtype) for m, x in self.check_inputs(inputs).items()}
+        tokens = self.tokenize(inputs)
         bottleneck = None
         if self.bottleneck is not None:
             b = self.bottleneck
-            bottleneck = ops.broadcast_to(ops.cast(b, tokens[0].dtype), (ops.shape(x)[0],) + tuple(b.shape[1:]))
+            batch = ops.shape(tokens[0])[0]
+            bottleneck = ops.broadcast_to(ops.cast(b, tokens[0].dtype), (batch,) + tuple(b.shape[1:]))
         tokens = self.encoder(tokens, bottleneck=bottleneck, training=training)
-        pre_logits = self.global_encode(tokens, training=training)
-        if endpoint == "pre_logits" or self.output_projection is None:
-            return pre_logits
-        if s["keep_spatiotemporal_features"]:
-            pre_logits = pool_tokens(pre_logits, s["classifier"], axis=(1, 2, 3))
-        logits = ops.cast(self.output_projection(pre_logits), "float32")
-        if s["class_splits"]:
-            out, start = {}, 0
-            for name, size in zip(s["split_names"], s["class_splits"], strict=True):
-                out[name] = logits[:, start:start + size]
-                start += size
-            return out
-        return logits
+        return self.global_encode(tokens, training=training)
 
     # ------------------------------------------------------------------------- weights & config
     def flax_params(self) -> dict:
@@ -229,8 +245,6 @@ class MTV(keras.Model):
         if self.cls_global is not None:
             table["cls_global"] = self.cls_global
         table.update(prefixed("global_encoder", self.global_encoder.flax_params()))
-        if self.output_projection is not None:
-            table.update(prefixed("output_projection", flax_dense(self.output_projection)))
         return table
 
     def get_config(self):

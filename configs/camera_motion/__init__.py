@@ -1,0 +1,1 @@
+"""Experiment configs (camera_motion), shipped as package data of mtv (mtv.configs)."""

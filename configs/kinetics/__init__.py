@@ -1,0 +1,1 @@
+"""Experiment configs (kinetics), shipped as package data of mtv (mtv.configs)."""

@@ -1,0 +1,1 @@
+"""Experiment configs (mit), shipped as package data of mtv (mtv.configs)."""

@@ -1,0 +1,144 @@
+"""Training sources: infinite, resumable streams of global batches from arrays, TFRecords or generators.
+
+A `Source` yields global batches `(frames float32 [B, T, H, W, 3] in [-1, 1], labels)` where labels are
+one-hot float rows `{label name: [B, C]}`. Batch `s` of an array or generated source is a function of
+`(seed, s)`, and TFRecords are read in a seeded order, so a run resumed at step `s` sees exactly the
+batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from mtv.errors import DataError
+
+
+def plain(value: Any) -> Any:
+    """A ConfigDict as a plain dict (anything else unchanged)."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+@dataclasses.dataclass
+class Source:
+    """A training source: `batches(batch_size, start_step, seed)` and label shapes by name."""
+
+    name: str
+    classes: dict[str, int]  # label name -> classes
+    num_examples: int | None
+    make: Callable[[int, int, int], tf.data.Dataset]  # (batch_size, start_step, seed) -> dataset
+    skip_counter: Any = None
+
+    def batches(self, batch_size: int, start_step: int, seed: int) -> tf.data.Dataset:
+        """Infinite global batches from step `start_step` on."""
+        return self.make(batch_size, start_step, seed)
+
+
+def step_dataset(batch_at: Callable[[int], tuple], signature: tuple, start_step: int) -> tf.data.Dataset:
+    """Batches computed on the host from their step number, in order, two at a time."""
+    flat_sig = tf.nest.flatten(signature)
+
+    def fetch(step):
+        values = tf.numpy_function(lambda s: tf.nest.flatten(batch_at(int(s))), [step],
+                                   [s.dtype for s in flat_sig], stateful=False)
+        for value, spec in zip(values, flat_sig, strict=True):
+            value.set_shape(spec.shape)
+        return tf.nest.pack_sequence_as(signature, values)
+
+    ds = tf.data.Dataset.range(start_step, 2**62)
+    return ds.map(fetch, num_parallel_calls=2, deterministic=True).prefetch(2)
+
+
+def normalize_frames(frames: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]; float input is taken as already normalised."""
+    from mtv.data.preprocessor import normalize  # the evaluation pipeline's scaling, on NumPy arrays
+
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return normalize(frames)
+    return frames.astype(np.float32)
+
+
+def one_hot(labels: np.ndarray, num_classes: int, name: str = "label") -> np.ndarray:
+    """int [N] (or one-hot [N, C]) -> float32 [N, C]; a label outside [0, C) is a DataError."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        if labels.shape[1] != num_classes:
+            raise DataError(f"labels '{name}' have {labels.shape[1]} columns; expected {num_classes} classes")
+        return labels.astype(np.float32)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(f"label '{name}' of example {int(bad[0])} is {int(labels[bad[0]])}, outside the "
+                        f"{num_classes} classes [0, {num_classes}) ({bad.size} such examples)")
+    out = np.zeros((len(labels), num_classes), np.float32)
+    out[np.arange(len(labels)), labels.astype(np.int64)] = 1.0
+    return out
+
+
+def array_source(frames: np.ndarray, labels: Mapping[str, np.ndarray] | np.ndarray,
+                 num_classes: Mapping[str, int] | int, *, name: str = "data", random_flip: bool = False) -> Source:
+    """In-memory clips (uint8 or [-1, 1] float [N, T, H, W, 3]) with int or one-hot labels.
+
+    Examples are visited in a fresh permutation every epoch, drawn from `(seed, epoch)`.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+        raise DataError(f"training clips must be [N, T, H, W, 3], got shape {list(frames.shape)}")
+    if not isinstance(labels, Mapping):
+        labels = {"label": labels}
+    if isinstance(num_classes, int):
+        num_classes = dict.fromkeys(labels, num_classes)
+    hot = {k: one_hot(v, num_classes[k], k) for k, v in labels.items()}
+    count = len(frames)
+    for key, value in hot.items():
+        if len(value) != count:
+            raise DataError(f"{count} clips but {len(value)} '{key}' labels")
+    if count == 0:
+        raise DataError(f"dataset '{name}' is empty")
+
+    def make(batch_size: int, start_step: int, seed: int) -> tf.data.Dataset:
+        def batch_at(step: int):
+            positions = step * batch_size + np.arange(batch_size)
+            epochs, offsets = np.divmod(positions, count)
+            idx = np.empty(batch_size, np.int64)
+            for epoch in np.unique(epochs):
+                order = np.random.default_rng([seed, int(epoch)]).permutation(count)
+                idx[epochs == epoch] = order[offsets[epochs == epoch]]
+            x = normalize_frames(frames[idx])
+            if random_flip:
+                flip = np.random.default_rng([seed, 1 << 20, step]).random(batch_size) < 0.5
+                x[flip] = x[flip, :, :, ::-1]
+            return x, {k: v[idx] for k, v in hot.items()}
+
+        sig = (tf.TensorSpec((batch_size, *frames.shape[1:]), tf.float32),
+               {k: tf.TensorSpec((batch_size, v.shape[1]), tf.float32) for k, v in hot.items()})
+        return step_dataset(batch_at, sig, start_step)
+
+    return Source(name, {k: v.shape[1] for k, v in hot.items()}, count, make)
+
+
+def tfrecord_source(pattern, dataset_configs: Any, classes: Mapping[str, int], *, name: str = "data",
+                    num_examples: int | None = None) -> Source:
+    """Training batches from TFRecords via `mtv.data.tfrecord.make_dataset`; skipped records are counted."""
+    from mtv.data import tfrecord
+
+    files = tfrecord.resolve_files(pattern)
+    counter = tfrecord.SkipCounter()
+    label_names = tuple(classes)
+
+    def make(batch_size: int, start_step: int, seed: int) -> tf.data.Dataset:
+        ds = tfrecord.make_dataset(files, dataset_configs=plain(dataset_configs), is_train=True,
+                                   batch_size=batch_size, label_names=label_names, num_classes=dict(classes),
+                                   seed=seed, skip_counter=counter)
+        if len(label_names) == 1:
+            ds = ds.map(lambda x, y: (x, {label_names[0]: y}))
+        # Records are read in a seeded order, so skipping the consumed batches resumes the same stream.
+        return ds.skip(start_step) if start_step else ds
+
+    if num_examples is None:
+        num_examples = tfrecord.count_records(files)
+    return Source(name, dict(classes), num_examples, make, skip_counter=counter)
