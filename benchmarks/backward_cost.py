@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--min-share", type=float, default=0.01, help="ignore ops under this share of the step")
     p.add_argument("--top", type=int, default=5, help="costliest backward ops listed per family")
     p.add_argument("--conv-embedding", action="store_true", help="the strided-Conv embedding, for comparison")
+    p.add_argument("--runs", type=int, default=3, help="profiled steps (op times are averaged over them)")
     args = p.parse_args(argv)
     if args.conv_embedding:
         common.use_conv_embedding()
@@ -133,7 +134,7 @@ def profile_family(family: str, args: argparse.Namespace) -> dict:
     forward = tf.function(lambda x: model(x, training=False))
     step_timing = common.time_calls(lambda: step(x, labels), 3, 1)
     forward_timing = common.time_calls(lambda: forward(x), 3, 1)
-    events = common.op_events(lambda: step(x, labels), runs=1)
+    events = common.op_events(lambda: step(x, labels), runs=args.runs)
     rows = backward_table(events, step_ms=sum(ms for _, _, ms in events))
     slow = [r for r in rows if r["ratio"] > args.ratio and r["share_of_step"] >= args.min_share]
     record = {"benchmark": "backward_cost", "family": family,

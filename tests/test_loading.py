@@ -192,3 +192,17 @@ def test_two_processes_load_the_same_model_at_once(fake_zoo, tmp_path):
     assert is_preset(cache)
     leftovers = [p.name for p in cache.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == [], leftovers
+
+
+def test_a_zoo_checkpoint_that_does_not_parse_is_removed_and_not_trusted(fake_zoo):
+    from mtv.io import download, loading
+    entry, site = fake_zoo
+    data = (site / "tiny_ckpt").read_bytes()
+    (site / "tiny_ckpt").write_bytes(data[: len(data) // 2])  # served completely, but a truncated checkpoint
+    with pytest.raises(CheckpointError, match="removed from the cache and nothing was trusted"):
+        mtv.load("tiny-test")
+    assert download.recorded_sha256(entry["url"]) is None
+    assert not loading.preset_cache_dir("tiny-test").exists()
+    (site / "tiny_ckpt").write_bytes(data)  # the correct file is then accepted, not rejected by a poisoned hash
+    _close(mtv.load("tiny-test"))
+    assert download.recorded_sha256(entry["url"]) is not None

@@ -23,6 +23,7 @@ from mtv.errors import MTVError
 COMMANDS = {
     "predict": "mtv.cli.predict",
     "zoo": "mtv.cli.zoo",
+    "cache": "mtv.cli.cache",
     "convert": "mtv.cli.convert",
     "export": "mtv.cli.export",
     "train": "mtv.cli.train",
@@ -84,7 +85,14 @@ def run(argv: list[str]) -> int:
         rest = [a for i, a in enumerate(rest) if i >= end or a not in ("--verbose", "--noverbose")]
     try:
         positional = fv([f"mtv {name}"] + rest)
+    except MTVError as e:  # e.g. a --config file that cannot be loaded
+        print(f"mtv {name}: error: {e}", file=sys.stderr)
+        return 1
     except flags.Error as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, MTVError):  # absl re-raised a parser's MTVError as IllegalFlagValueError
+            print(f"mtv {name}: error: {cause}", file=sys.stderr)
+            return 1
         print(f"mtv {name}: {e}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.INFO)

@@ -15,6 +15,10 @@ flags.DEFINE_string("video_root", None, "Folder the CSV's paths / Epic video_ids
                     "(default: the CSV's folder).", flag_values=FLAGS)
 flags.DEFINE_string("name", None, "Shard name prefix (default: the CSV's file name).", flag_values=FLAGS)
 flags.DEFINE_integer("num_classes", None, "Number of classes: labels must lie in [0, N).", flag_values=FLAGS)
+flags.DEFINE_string("classes", None, "Class-list file (one name per line): labels must lie in [0, lines) "
+                    "(instead of --num_classes).", flag_values=FLAGS)
+flags.DEFINE_string("config", None, "Experiment config whose dataset_configs.num_classes bounds the labels "
+                    "(instead of --num_classes).", flag_values=FLAGS)
 flags.DEFINE_integer("min_resize", 256, "Store frames with their smaller side shrunk to this (0: keep size).",
                      flag_values=FLAGS)
 flags.DEFINE_integer("max_frames", None, "Keep at most this many frames per video.", flag_values=FLAGS)
@@ -39,11 +43,14 @@ def main(argv: list[str]) -> int:
     if not FLAGS.out:
         print(f"mtv data prepare: --out is required\n{USAGE}", file=sys.stderr)
         return 2
-    from mtv.data.prepare import prepare  # heavy imports (TensorFlow) only when needed
+    from mtv.data.prepare import infer_num_classes, prepare  # heavy imports (TensorFlow) only when needed
 
+    num_classes = FLAGS.num_classes
+    if num_classes is None:
+        num_classes = infer_num_classes(config=FLAGS.config, class_list=FLAGS.classes)
     result = prepare(
         args[1], FLAGS.out, num_shards=FLAGS.shards, video_root=FLAGS.video_root,
-        name=FLAGS.name, num_classes=FLAGS.num_classes,
+        name=FLAGS.name, num_classes=num_classes,
         min_resize=FLAGS.min_resize or None, max_frames=FLAGS.max_frames,
         frames_fps=FLAGS.frames_fps, with_audio=FLAGS.audio, with_flow=FLAGS.flow,
         jpeg_quality=FLAGS.jpeg_quality)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from mtv.cli.common_flags import define_allow_pickle
 from mtv.epic import ensemble
 from mtv.epic.results import read_results, save
 from mtv.errors import ResultsError
@@ -48,12 +49,7 @@ flags.DEFINE_list(
 flags.DEFINE_string(
     "val_out", None, "With --apply_to: where to write the fused validation results.", flag_values=FLAGS
 )
-flags.DEFINE_bool(
-    "allow_pickle",
-    False,
-    "Allow reading .pkl results (unpickling runs code from the file).",
-    flag_values=FLAGS,
-)
+define_allow_pickle(FLAGS)
 
 
 def _read_all(paths: list[str]):

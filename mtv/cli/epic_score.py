@@ -6,6 +6,7 @@ import json
 
 from absl import flags
 
+from mtv.cli.common_flags import define_allow_pickle
 from mtv.epic import scoring as epic
 from mtv.epic.results import read_results
 from mtv.errors import ResultsError
@@ -28,12 +29,7 @@ flags.DEFINE_string(
     flag_values=FLAGS,
 )
 flags.DEFINE_bool("json", False, "Print the metrics as one JSON object.", flag_values=FLAGS)
-flags.DEFINE_bool(
-    "allow_pickle",
-    False,
-    "Allow reading .pkl results (unpickling runs code from the file).",
-    flag_values=FLAGS,
-)
+define_allow_pickle(FLAGS)
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from mtv.cli.common_flags import define_allow_pickle
 from mtv.epic import scoring as epic
 from mtv.epic.results import read_results
 from mtv.errors import ResultsError
@@ -34,12 +35,7 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
     "actions", True, "Include the top-100 'verb,noun' action scores per segment.", flag_values=FLAGS
 )
-flags.DEFINE_bool(
-    "allow_pickle",
-    False,
-    "Allow reading .pkl results (unpickling runs code from the file).",
-    flag_values=FLAGS,
-)
+define_allow_pickle(FLAGS)
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,9 @@ flags.DEFINE_integer("cpu_replicas", 0, "split the CPU into this many logical de
 flags.DEFINE_string("export_preset", None, "also save the trained model as a preset directory here",
                     flag_values=FLAGS)
 flags.DEFINE_string("videos", None, "source videos of the generated camera-motion data", flag_values=FLAGS)
+flags.DEFINE_bool("allow_config_change", False, "resume a workdir whose recorded config.json differs from --config "
+                  "(the new config is recorded; without this flag such a resume is refused, listing the changes)",
+                  flag_values=FLAGS)
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line per interval)",
                      flag_values=FLAGS)
 
@@ -46,7 +49,7 @@ def main(argv: list[str]) -> int:
     command = "mtv train " + " ".join(a for a in FLAGS.argv[1:] if not a.startswith("--verbose"))
     result = train(FLAGS.config, FLAGS.workdir, strategy=strategy, videos=FLAGS.videos,
                    export_preset=FLAGS.export_preset, preset_metadata={"retrain_command": command},
-                   verbose=FLAGS.verbose)
+                   verbose=FLAGS.verbose, allow_config_change=FLAGS.allow_config_change)
     print(f"step {result.step}/{result.total_steps} (started at {result.start_step}); workdir {result.workdir}")
     for key, value in result.eval.items():
         print(f"held-out {key}: {value:.2f}")

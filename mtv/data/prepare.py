@@ -109,11 +109,43 @@ def read_rows(csv_path: str | Path, *, video_root: str | Path | None = None,
                         f"{' and '.join(EPIC_LABEL_COLUMNS)}, or neither for unlabelled data")
     root = Path(video_root) if video_root else csv_path.parent
     rows = []
+    first_line: dict[str, tuple[int, dict]] = {}  # id -> (line, record) of its first row
     for line, rec in enumerate(records, start=2):
         rec = {k.strip(): (v or "").strip() for k, v in rec.items() if k}
-        rows.append(_epic_row(rec, line, csv_path, root) if epic else
-                    _generic_row(rec, line, csv_path, root, num_classes))
+        row = _epic_row(rec, line, csv_path, root) if epic else _generic_row(rec, line, csv_path, root, num_classes)
+        if row.id in first_line:
+            before, before_rec = first_line[row.id]
+            what = "repeats line" if before_rec == rec else "has the same id as line"
+            raise DataError(f"{csv_path}:{line}: this row {what} {before} (id '{row.id}'); every example needs a "
+                            "unique id because results files are keyed by id: remove the duplicate row or give "
+                            "each row its own 'id'")
+        first_line[row.id] = (line, rec)
+        rows.append(row)
     return rows, "epic" if epic else "generic"
+
+
+def infer_num_classes(*, config: str | None = None, class_list: str | Path | None = None) -> int | None:
+    """The class count from a class-list file (one name per line) or an experiment config, or None."""
+    from mtv.errors import ConfigError
+
+    if class_list:
+        path = Path(class_list)
+        try:
+            names = [n.strip() for n in path.read_text(encoding="utf-8").splitlines() if n.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"class list '{path}' cannot be read: {err}") from None
+        if not names:
+            raise DataError(f"class list '{path}' is empty: expected one class name per line")
+        return len(names)
+    if config:
+        from mtv.io.configs import load_config
+
+        dc = load_config(config).get("dataset_configs") or {}
+        count = dc.get("num_classes")
+        if count is None:
+            raise ConfigError(f"{config}: dataset_configs.num_classes is not set; pass --num_classes")
+        return int(count)
+    return None
 
 
 def _generic_row(rec: dict, line: int, csv_path: Path, root: Path, num_classes: int | None) -> Row:
@@ -212,6 +244,9 @@ def prepare(
     if num_classes is not None and num_classes < 1:
         raise DataError(f"--num_classes must be >= 1, got {num_classes}")
     rows, layout = read_rows(csv_path, video_root=video_root, num_classes=num_classes)
+    if num_classes is None and layout == "generic":
+        logging.warning("labels of '%s' are not checked against a class count: pass --num_classes, --classes or "
+                        "--config to refuse labels outside [0, N)", csv_path)
     name = name or Path(csv_path).stem
     skipped: list[tuple[str, str]] = []
     rate = AudioConfig().sample_rate

@@ -91,6 +91,20 @@ def _fit_audio(chunks: list[np.ndarray], lead: float, rate: int, duration: float
     return np.ascontiguousarray(audio[:n], dtype=np.float32)
 
 
+# FFmpeg demuxers and codecs that turn text or raw bytes into "video" (a .txt file opens as 'tty' with
+# the 'ansi' codec and decodes into frames of rendered characters): not video, refused.
+TEXT_DEMUXERS = frozenset({"tty", "bin", "xbin", "adf", "idf", "ansi"})
+TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf", "text"})
+
+
+def check_video_source(path: str | Path, demuxer: str, codec: str) -> None:
+    """Refuses a file FFmpeg opened with a text demuxer or codec (not a video) with a DataError naming it."""
+    demuxers = set((demuxer or "").split(","))
+    if demuxers & TEXT_DEMUXERS or (codec or "") in TEXT_CODECS:
+        raise DataError(f"'{path}' is not a video: FFmpeg reads it as text (demuxer '{demuxer}', codec "
+                        f"'{codec}'); give a video file (mp4, avi, mkv, webm, mov) or a directory of frames")
+
+
 def read_video(
     path: str | Path,
     *,
@@ -131,6 +145,7 @@ def read_video(
             kinds = ", ".join(s.type for s in container.streams) or "none"
             raise DataError(f"'{path}' has no video stream (streams found: {kinds})")
         vstream = container.streams.video[0]
+        check_video_source(path, container.format.name, vstream.codec_context.name)
         vstream.thread_type = "AUTO"
         astream = container.streams.audio[0] if with_audio and container.streams.audio else None
         return _decode(path, container, vstream, astream, start, stop, min_resize, audio_sample_rate,

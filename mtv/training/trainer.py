@@ -10,6 +10,9 @@ drawn from the datasets by `sampling_weight`.
 A run lives in `workdir`: `config.json`, `checkpoints/ckpt_<step>.npz` (every `checkpoint_steps`,
 atomic), `metrics.jsonl` (one line per step), `tensorboard/` summaries. Started again with the same
 command, a run resumes from its newest checkpoint at the same step, with the same data stream.
+`config.json` is the run's truth: resuming with a config that differs from it is refused with the list
+of changed fields unless `allow_config_change=True` (`mtv train --allow_config_change`); then the new
+config is recorded in `config.json` and the old one is kept as `config.before_step_<step>.json`.
 `mixed_precision='mixed_bfloat16'` trains in bfloat16 with float32 weights. `strategy` picks a
 tf.distribute strategy; `batch_size` is the global batch, split evenly over the replicas, and the
 learning rate is not rescaled (as Scenic), so any number of replicas follows the same curve.
@@ -36,6 +39,7 @@ from absl import logging
 
 from mtv.data.datasets import TrainingData, build_datasets
 from mtv.errors import CheckpointError, ConfigError, DataError
+from mtv.io.configs import check_config_fields
 from mtv.training import checkpoints as ckpt_lib
 from mtv.training.strategy import distribute, is_chief, make_strategy
 from mtv.utils.numeric import top_k
@@ -203,7 +207,7 @@ def _install_sigterm() -> None:
 # ---------------------------------------------------------------------------------------- train
 def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.Strategy | str | None = None,
           train_data=None, eval_data=None, videos: str | None = None, export_preset: str | os.PathLike | None = None,
-          preset_metadata: dict | None = None, verbose: int = 0) -> TrainResult:
+          preset_metadata: dict | None = None, verbose: int = 0, allow_config_change: bool = False) -> TrainResult:
     """Trains (or resumes) the run in `workdir` as `config` says; returns the trained model and logs.
 
     train_data / eval_data: optional in-memory data instead of the config's dataset, as
@@ -213,9 +217,13 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
       textures).
     export_preset: also save the final model as a preset there (with class names, preprocessing and the
       held-out accuracy in its metadata).
+    allow_config_change: resume a run whose recorded `config.json` differs from `config` (otherwise a
+      ConfigError lists the changed fields).
     """
     config = load_train_config(config)
+    check_config_fields(config)
     workdir = Path(workdir)
+    changed = check_resumed_config(config, workdir, allow_config_change=allow_config_change)
     if isinstance(strategy, str) or strategy is None:
         strategy = make_strategy(strategy or config.get("strategy", "default"))
     chief = is_chief(strategy)
@@ -246,9 +254,51 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
     keras.mixed_precision.set_global_policy(policy)
     try:
         return _run(config, workdir, strategy, chief, data, batch, total, steps_per_epoch, every, eval_every,
-                    export_preset, preset_metadata, verbose)
+                    export_preset, preset_metadata, verbose, changed)
     finally:
         keras.mixed_precision.set_global_policy(old_policy)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted field path -> JSON value of a nested dict (lists compared as wholes)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_changes(recorded: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """'field: old -> new' for every field where `config` differs from a run's recorded config.json."""
+    old, new = _flatten(recorded), _flatten(json.loads(config.to_json()))
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            lines.append(f"{key}: {json.dumps(old.get(key, '<absent>'))} -> {json.dumps(new.get(key, '<absent>'))}")
+    return lines
+
+
+def check_resumed_config(config: ml_collections.ConfigDict, workdir: Path, *,
+                         allow_config_change: bool = False) -> list[str]:
+    """Refuses to resume `workdir` with a config that differs from its recorded config.json; returns the changes."""
+    recorded_file = workdir / "config.json"
+    if ckpt_lib.latest_checkpoint(workdir) is None or not recorded_file.is_file():
+        return []
+    try:
+        recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{recorded_file}: the run's recorded config cannot be read ({err}); restore it or start "
+                          "the run in a new --workdir") from None
+    changes = config_changes(recorded, config)
+    if changes and not allow_config_change:
+        listed = "\n  ".join(changes)
+        raise ConfigError(f"{workdir} holds a run trained with a different config ({recorded_file}); changed "
+                          f"field(s):\n  {listed}\nresume it with the same config, start a new --workdir, or pass "
+                          "--allow_config_change (train(..., allow_config_change=True)) to continue with the new one")
+    if changes:
+        logging.warning("resuming %s with a changed config (allowed): %s", workdir, "; ".join(changes))
+    return changes
 
 
 def _check_model_config(config, heads: dict[str, int]) -> None:
@@ -270,8 +320,15 @@ def _build(config, heads: dict):
                        seed=int(config.get("rng_seed", 0)))
 
 
+def _write_config(path: Path, config) -> None:
+    from mtv.utils.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(config.to_json(indent=1))
+
+
 def _run(config, workdir, strategy, chief, data: TrainingData, batch, total, steps_per_epoch, every, eval_every,
-         export_preset, preset_metadata, verbose) -> TrainResult:
+         export_preset, preset_metadata, verbose, changed=()) -> TrainResult:
     from mtv.training.init_from import initialize
     from mtv.training.losses import TrainingModel
     from mtv.training.optimizer import make_optimizer
@@ -293,12 +350,16 @@ def _run(config, workdir, strategy, chief, data: TrainingData, batch, total, ste
         start = int(meta["step"])
         logging.info("resuming from %s at step %d of %d", latest, start, total)
         how = f"resumed from step {start}"
+        if changed and chief:  # allowed by the caller: config.json records what the run now trains with
+            recorded = workdir / "config.json"
+            os.replace(recorded, workdir / f"config.before_step_{start}.json")
+            _write_config(recorded, config)
     else:
         start = 0
         how = initialize(inner, config)
         logging.info("starting a new run in %s: %s", workdir, how)
         if chief:
-            (workdir / "config.json").write_text(config.to_json(indent=1))
+            _write_config(workdir / "config.json", config)
     if int(optimizer.iterations.numpy()) != start:
         raise CheckpointError(f"'{latest}': checkpoint step {start} and optimizer iterations "
                               f"{int(optimizer.iterations.numpy())} differ")
