@@ -35,3 +35,7 @@ class ResultsError(MTVError, ValueError):
 
 class ExportError(MTVError, ValueError):
     """A SavedModel or hub tarball cannot be written or read."""
+
+
+class WriteError(MTVError, OSError):
+    """An output file or directory cannot be written: missing parent, not a directory, no space, no permission."""

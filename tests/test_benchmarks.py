@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import common, inference, train_step
+from benchmarks import backward_cost, common, inference, train_step
 from mtv.layers.encoder_block import EncoderBlock
 
 FIXTURE = "fixtures/scenic_mtv/cva_2view/config.json"
@@ -100,3 +100,25 @@ def test_train_step_compares_the_conv_embedding_and_profiles_one_step(shared_dir
     assert record["embedding"] == "conv"
     op_types = set(record["ops"]["op_ms_by_type"])
     assert any("Conv3D" in op for op in op_types), op_types  # the old path really ran
+
+
+def test_backward_table_matches_gradient_ops_to_their_forward_op():
+    events = [("m/embedding_view0/MatMul", "MatMul", 1.0), ("m/mlp/Gelu/mul", "Mul", 0.5),
+              ("gradient_tape/m/embedding_view0/MatMul/MatMul_1", "MatMul", 1.5),
+              ("gradient_tape/m/embedding_view0/MatMul/MatMul", "MatMul", 0.5),
+              ("gradient_tape/m/mlp/Gelu/mul/Mul", "Mul", 20.0)]
+    rows = backward_cost.backward_table(events, step_ms=30.0)
+    by_op = {r["op"]: r for r in rows}
+    assert by_op["m/embedding_view0/MatMul"]["backward_ms"] == 2.0 and by_op["m/embedding_view0/MatMul"]["ratio"] == 2.0
+    assert by_op["m/mlp/Gelu/mul"]["ratio"] == 40.0 and by_op["m/mlp/Gelu/mul"]["gradient_ops"] == ["Mul"]
+    assert rows[0]["op"] == "m/mlp/Gelu/mul"  # costliest backward first
+
+
+def test_backward_cost_profiles_a_multimodal_family():
+    (record,) = backward_cost.main(["--family", "mm_rgb_flow_audio", "--frames", "4", "--size", "16", "--batch", "2",
+                                    "--runs", "1"])
+    assert set(record["inputs"]) == {"rgb", "flow", "audio"}
+    assert record["step_s"] > 0 and record["forward_s"] > 0
+    ops = [r["op"] for r in record["costliest_backward"]]
+    assert ops and all(r["backward_ms"] >= 0 for r in record["costliest_backward"]), ops
+    assert not any("Conv" in t for r in record["costliest_backward"] for t in r["gradient_ops"])

@@ -32,6 +32,7 @@ from mtv.data.audio import AudioConfig, resample
 from mtv.data.tfrecord import ClipExample, ShardedWriter, serialize_example
 from mtv.data.video import Video, load_video
 from mtv.errors import DataError
+from mtv.utils.fileio import atomic_write_text, writing
 
 GENERIC_COLUMNS = ("path", "label")
 EPIC_COLUMNS = ("narration_id", "video_id", "start_frame", "stop_frame")
@@ -269,7 +270,9 @@ def prepare(
     summary = {"csv": str(csv_path), "layout": layout, "num_examples": result.num_written,
                "shards": {p.name: c for p, c in zip(result.shards, result.counts, strict=True)},
                "skipped": [{"video": v, "reason": r} for v, r in skipped]}
-    Path(out_dir, f"{name}-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path = Path(out_dir, f"{name}-summary.json")
+    with writing(summary_path):
+        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     if not result.num_written:
         raise DataError(f"none of the {len(rows)} videos in '{csv_path}' could be read; first error: "
                         f"{skipped[0][0]}: {skipped[0][1]}")

@@ -28,8 +28,10 @@ counts it in a `SkipCounter`, instead of stopping the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +48,7 @@ from mtv.data import transforms
 from mtv.data.config import DataConfig, data_config
 from mtv.data.sampling import eval_clip_indices, train_clip_indices
 from mtv.errors import ConfigError, DataError
+from mtv.utils.fileio import writing
 
 try:  # deprecated, but reading a file with it costs microseconds instead of an eager dataset's ~0.1 s
     from tensorflow.python.lib.io.tf_record import tf_record_iterator as _record_iterator
@@ -200,34 +203,66 @@ def shard_path(out_dir: str | Path, name: str, index: int, num_shards: int) -> P
 
 
 class ShardedWriter:
-    """Writes serialized examples round-robin into `num_shards` TFRecord files."""
+    """Writes serialized examples round-robin into `num_shards` TFRecord files.
+
+    Shards are written under hidden temporary names and renamed into place only when all are complete, so a
+    failure (no space, unwritable output) leaves no shard that looks finished; OS errors are WriteErrors.
+    """
 
     def __init__(self, out_dir: str | Path, name: str, num_shards: int = 1):
         if num_shards < 1:
             raise DataError(f"num_shards must be >= 1, got {num_shards}")
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
         self.paths = [shard_path(out_dir, name, i, num_shards) for i in range(num_shards)]
+        self._tmp = [p.with_name(f".{p.name}.tmp") for p in self.paths]
         self.counts = [0] * num_shards
-        self._writers = [tf.io.TFRecordWriter(str(p)) for p in self.paths]
+        self._writers = []
         self._next = 0
+        with writing(out_dir):
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            for tmp, path in zip(self._tmp, self.paths, strict=True):
+                with writing(path):
+                    self._writers.append(tf.io.TFRecordWriter(str(tmp)))
+        except BaseException:
+            self._discard()
+            raise
 
     def write(self, example: ClipExample | bytes) -> None:
         """Appends one example to the next shard."""
         data = example if isinstance(example, bytes) else serialize_example(example)
-        self._writers[self._next].write(data)
+        with writing(self.paths[self._next]):
+            self._writers[self._next].write(data)
         self.counts[self._next] += 1
         self._next = (self._next + 1) % len(self._writers)
 
     def close(self) -> None:
-        """Flushes and closes every shard."""
+        """Flushes and closes every shard and renames it into place."""
+        try:
+            for writer, path in zip(self._writers, self.paths, strict=False):
+                with writing(path):
+                    writer.close()
+            for tmp, path in zip(self._tmp, self.paths, strict=True):
+                with writing(path):
+                    os.replace(tmp, path)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
         for writer in self._writers:
-            writer.close()
+            with contextlib.suppress(Exception):
+                writer.close()
+        for tmp in self._tmp:
+            tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardedWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._discard()
 
 
 def write_tfrecords(examples: Iterable[ClipExample], out_dir: str | Path, *, name: str,

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mtv.errors import ResultsError
-from mtv.utils.fileio import atomic_path
+from mtv.utils.fileio import atomic_path, writing
 
 SCORE_KINDS = ("logits", "probabilities")
 # Epic-Kitchens-100 class counts (EPIC_100_verb_classes.csv / EPIC_100_noun_classes.csv).
@@ -158,7 +158,7 @@ def write_results(
     if path.suffix != ".npz":
         raise ResultsError(f"'{path}': results files are written as .npz; give a path ending in .npz")
     results = validate(ids, outputs, score_kind, source=str(path), expected=expected)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **_arrays(results))
     return path
 
@@ -185,7 +185,7 @@ def write_epic_pickle(path: str | os.PathLike, results: Results) -> Path:
         "noun_output": np.asarray(results.outputs["noun"], np.float32),
         "narration_id": np.asarray(results.ids),
     }
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
     return path
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from mtv.epic.results import Results, read_results
 from mtv.errors import ConfigError, DataError, ResultsError
-from mtv.utils.fileio import atomic_path
+from mtv.utils.fileio import atomic_path, writing
 from mtv.utils.numeric import softmax, top_k
 
 VERB_CLASSES = 97
@@ -383,7 +383,7 @@ def make_submission(
         "sls_tl": int(sls_tl),
         "sls_td": int(sls_td),
     }
-    with atomic_path(out_zip) as tmp:
+    with writing(out_zip), atomic_path(out_zip) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5) as zf:
             # Streamed segment by segment: the full test set is ~6.5M numbers.
             with zf.open("test.json", "w") as f:

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from mtv.data.preprocessor import VideoPreprocessor, video_input_shape
 from mtv.errors import ExportError
-from mtv.utils.fileio import atomic_dir, atomic_path
+from mtv.utils.fileio import atomic_dir, atomic_path, writing
 
 FLOAT_SIGNATURE = "serving_default"
 UINT8_SIGNATURE = "serving_uint8"
@@ -82,7 +82,7 @@ def export(model, path: str | os.PathLike, *, xla: bool = False, dtype: str | No
         archive.add_endpoint(
             name=UINT8_SIGNATURE, fn=uint8_fn, jit_compile=xla,
             input_signature=[tf.TensorSpec([None, frames, None, None, channels], tf.uint8, name="frames")])
-    with atomic_dir(path) as tmp:
+    with writing(path), atomic_dir(path) as tmp:
         archive.write_out(str(tmp), verbose=False)
     if hub_tarball is not None:
         make_hub_tarball(path, hub_tarball)
@@ -94,7 +94,7 @@ def make_hub_tarball(saved_model_dir: str | os.PathLike, tarball: str | os.PathL
     src, tarball = Path(saved_model_dir), Path(tarball)
     if not (src / "saved_model.pb").exists():
         raise ExportError(f"'{src}' is not a SavedModel directory (no saved_model.pb)")
-    with atomic_path(tarball) as tmp, tarfile.open(tmp, "w:gz") as tar:
+    with writing(tarball), atomic_path(tarball) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for item in sorted(src.rglob("*")):
             tar.add(item, arcname=str(item.relative_to(src)), recursive=False)
     return tarball

@@ -194,6 +194,24 @@ def _load_url(url: str, config, num_classes, sha256: str | None = None):
     return from_scenic(config, fetch_parsed(url, _parse_checkpoint, sha256=sha256), num_classes=num_classes)
 
 
+def _load_keras_file(path: Path) -> Any:
+    """A `.keras` file loaded by Keras; a corrupt or foreign one is a CheckpointError naming it."""
+    import keras
+
+    import mtv.models.mtv_classifier  # noqa: F401  (registers the serializable classes)
+
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" for a file that exists
+        raise CheckpointError(f"'{path}' is not a valid .keras file (not a zip archive: truncated or corrupt?); "
+                              "save it again with model.save(path), or download it again")
+    try:
+        return keras.saving.load_model(str(path))
+    except MTVError:
+        raise
+    except Exception as e:  # Keras raises ValueError/KeyError/OSError/zipfile errors for a damaged archive
+        raise CheckpointError(f"cannot load the .keras file '{path}' ({type(e).__name__}: {e}); is it complete and "
+                              "written by mtv? Save it again with model.save(path)") from e
+
+
 def load(handle: str | os.PathLike, *, config: Any = None, num_classes: int | None = None,
          sha256: str | None = None) -> Any:
     """Loads a model from a zoo name, preset dir, `.keras` file, Scenic checkpoint or http(s) URL.
@@ -206,6 +224,9 @@ def load(handle: str | os.PathLike, *, config: Any = None, num_classes: int | No
     from mtv.io.presets import is_preset, load_preset
 
     text = os.fspath(handle)
+    if not text.strip():
+        raise ZooError(f"mtv.load got an empty handle {text!r}: pass a zoo name (see mtv.list_models()), a preset "
+                       "directory, a .keras file, a Scenic checkpoint or an http(s) URL")
     if text.startswith(("http://", "https://", "file://")):
         return _load_url(text, config, num_classes, sha256)
     path = Path(text).expanduser()
@@ -220,11 +241,7 @@ def load(handle: str | os.PathLike, *, config: Any = None, num_classes: int | No
         if is_preset(path):
             return load_preset(path, num_classes=num_classes)
         if path.suffix == ".keras":
-            import keras
-
-            import mtv.models.mtv_classifier  # noqa: F401  (registers the serializable classes)
-
-            model = keras.saving.load_model(str(path))
+            model = _load_keras_file(path)
             if num_classes is not None and num_classes != model.spec["num_classes"]:
                 from mtv.models.heads import replace_head
 

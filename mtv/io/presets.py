@@ -75,7 +75,8 @@ def read_preset_config(directory: str | os.PathLike) -> tuple[dict, dict]:
         meta_path = directory / METADATA_FILE
         metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     except (OSError, json.JSONDecodeError) as e:
-        raise ZooError(f"'{directory}' is not a readable mtv preset: {e}") from e
+        raise ZooError(f"'{directory}' is not a readable mtv preset: {e}; save the preset again, or fetch it "
+                       "again (mtv cache clear NAME for a zoo model)") from e
     if not isinstance(config, dict) or config.get("format") != FORMAT or "spec" not in config:
         raise ZooError(f"'{directory / CONFIG_FILE}' is not an mtv preset config (expected format '{FORMAT}')")
     version = config.get("version")
@@ -101,8 +102,13 @@ def load_preset(directory: str | os.PathLike, *, num_classes: int | None = None)
     config, metadata = read_preset_config(directory)
     try:
         model = MTVClassifier.from_spec(config["spec"])
-    except (MTVError, KeyError, TypeError) as e:
-        raise ZooError(f"preset '{directory / CONFIG_FILE}' holds an invalid model spec: {e}") from e
+    except KeyError as e:
+        raise ZooError(f"preset '{directory / CONFIG_FILE}' holds an invalid model spec: the field {e.args[0]!r} is "
+                       "missing (a damaged or hand-edited config.json?); save the preset again, or fetch it "
+                       "again (mtv cache clear NAME for a zoo model)") from e
+    except (MTVError, TypeError, ValueError, AttributeError) as e:
+        raise ZooError(f"preset '{directory / CONFIG_FILE}' holds an invalid model spec ({e}); save the preset "
+                       "again, or fetch it again (mtv cache clear NAME for a zoo model)") from e
     try:
         assign_flax_params(model, load_flat_params(directory / WEIGHTS_FILE))
     except CheckpointError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,15 +64,20 @@ def from_scenic(config: Any, params: Any, *, num_classes: int | None = None, cla
     """Builds an MTV (or M&M) classifier from a Scenic config and loads Scenic's weights (strict, by Flax path).
 
     `params`: a Flax msgpack checkpoint file, a directory of `checkpoint_<N>` files, an `.npz` of
-    '/'-joined flat params, or a nested/flat mapping of arrays. A `num_classes` different from the
-    checkpoint's head replaces the head with a freshly initialised one (for fine-tuning) and says so.
-    `input_shape` overrides the RGB input (T, H, W[, C]); `input_shapes` any stream's.
+    '/'-joined flat params, or a nested/flat mapping of arrays. An explicit `num_classes` different from
+    the checkpoint's head replaces the head with a freshly initialised one (for fine-tuning) and says so;
+    a config whose class count differs from the checkpoint's head is an error.
+    `input_shape` overrides the RGB input (T, H, W[, C]); `input_shapes` any stream's. A config that states
+    no input size (Scenic infers it at init) gets it from the positional embeddings and tubelet sizes.
     """
     from mtv.models.mtv_classifier import MTVClassifier
-    from mtv.models.spec import spec_from_config
+    from mtv.models.spec import read_config, spec_from_config
 
     flat = load_flat_params(params)
     ckpt_classes = int(flat["output_projection/bias"].shape[0]) if "output_projection/bias" in flat else None
+    config = read_config(config)
+    if input_shape is None and "rgb" not in (input_shapes or {}):
+        input_shape = _inferred_input_shape(config, flat)
     shapes = dict(input_shape=input_shape, input_shapes=input_shapes)
     try:
         spec = spec_from_config(config, num_classes=num_classes, class_splits=class_splits,
@@ -87,12 +93,66 @@ def from_scenic(config: Any, params: Any, *, num_classes: int | None = None, cla
         flat = {k: v for k, v in flat.items() if not k.startswith(HEAD)}
         ckpt_classes = None
     replace_head = ckpt_classes is not None and ckpt_classes != spec["num_classes"]
+    if replace_head and num_classes is None:
+        raise CheckpointError(
+            f"the checkpoint's head (output_projection) has {ckpt_classes} classes but the config says "
+            f"{spec['num_classes']}: is it the checkpoint of this config? To fine-tune with a new, freshly "
+            f"initialised {spec['num_classes']}-class head, pass num_classes={spec['num_classes']} explicitly")
     if replace_head:
         logging.warning("checkpoint head has %d classes, the model %d: output_projection is re-initialised "
                         "(fine-tuning); every other weight is loaded", ckpt_classes, spec["num_classes"])
         flat = {k: v for k, v in flat.items() if not k.startswith(HEAD)}
     assign_flax_params(model, flat, skip_prefixes=(HEAD,) if replace_head else ())
     return model
+
+
+def _inferred_input_shape(cfg: Mapping, flat: Mapping[str, np.ndarray]) -> tuple[int, int, int] | None:
+    """(T, H, W) of a plain MTV config that states no input size, read off the checkpoint; None when stated.
+
+    Scenic infers the input geometry at init, so its configs may omit `dataset_configs.crop_size`. The
+    positional table of view i holds grid_h * grid_w (+1 CLS) tokens and its tubelet kernel is (t, h, w, C, D):
+    a square grid gives H = grid * h; the frames come from `dataset_configs.num_frames` or cls_view{i}'s
+    temporal tokens * t.
+    """
+    if "config" in cfg and "model" not in cfg:  # a fixture-style JSON; its input_shape states the size
+        if cfg.get("input_shape"):
+            return None
+        cfg = cfg.get("config") or {}
+    model, ds = cfg.get("model"), cfg.get("dataset_configs") or {}
+    if not isinstance(model, Mapping) or model.get("modalities") is not None or ds.get("crop_size") is not None:
+        return None
+    hint = ("the config states no input size (dataset_configs.crop_size) and it cannot be inferred from the "
+            "checkpoint ({}); pass input_shape=(T, H, W) to mtv.from_scenic")
+    cls = 1 if model.get("classifier", "token") == "token" else 0
+    sizes, frames, view = set(), set(), 0
+    while f"embedding_view{view}/kernel" in flat:
+        kernel = np.shape(flat[f"embedding_view{view}/kernel"])
+        pos = flat.get(f"MultiviewEncoder/posembed_input_view{view}/pos_embedding")
+        if pos is None or len(kernel) != 5 or len(np.shape(pos)) != 3:
+            raise CheckpointError(hint.format(f"view {view} has no 3-D positional table or 5-D tubelet kernel"))
+        tokens = np.shape(pos)[1] - cls
+        side = math.isqrt(max(tokens, 0))
+        if side == 0 or side * side != tokens:
+            raise CheckpointError(hint.format(f"view {view}'s positional table has {tokens} spatial tokens, "
+                                              "not a square grid"))
+        sizes.add((side * kernel[1], side * kernel[2]))
+        if f"cls_view{view}" in flat and len(np.shape(flat[f"cls_view{view}"])) == 4:
+            frames.add(np.shape(flat[f"cls_view{view}"])[1] * kernel[0])
+        view += 1
+    if view == 0:
+        return None
+    if len(sizes) > 1:
+        raise CheckpointError(hint.format(f"the views' positional tables imply different sizes {sorted(sizes)}"))
+    num_frames = ds.get("num_frames")
+    if num_frames is None:
+        if len(frames) != 1:
+            raise CheckpointError(hint.format("dataset_configs.num_frames is not set and the CLS tokens do not "
+                                              "give one frame count"))
+        num_frames = frames.pop()
+    (height, width), = sizes
+    logging.info("the config states no input size: inferred %d frames of %dx%d from the checkpoint's positional "
+                 "embeddings and tubelet sizes (pass input_shape= to set it)", num_frames, height, width)
+    return int(num_frames), int(height), int(width)
 
 
 def assign_flax_params(model, flat: Mapping[str, np.ndarray], *, skip_prefixes: tuple = ()) -> None:
@@ -108,7 +168,10 @@ def assign_flax_params(model, flat: Mapping[str, np.ndarray], *, skip_prefixes: 
         problems.append(f"{len(extra)} checkpoint param(s) with no place in the model: {extra[:8]}")
     for key in sorted(expected & set(flat)):
         want, got = tuple(table[key].shape), tuple(np.shape(flat[key]))
-        if want != got:
+        dtype = np.asarray(flat[key]).dtype
+        if dtype.kind not in "fiu" and "float" not in dtype.name:  # bfloat16/float8 (ml_dtypes) are floats too
+            problems.append(f"param '{key}' has dtype {dtype}, not a number type (expected float weights)")
+        elif want != got:
             problems.append(f"param '{key}' has shape {got}, the model expects {want}")
     if problems:
         raise CheckpointError("checkpoint does not match the model config:\n  " + "\n  ".join(problems))

@@ -10,13 +10,11 @@ from absl import logging
 def replace_head(model, num_classes: int, *, class_splits=None, split_names=None):
     """Returns a copy of `model` with `num_classes` outputs; every weight but the head is kept."""
     from mtv.models.mtv_classifier import MTVClassifier
+    from mtv.models.spec import head_fields
 
     spec = copy.deepcopy(model.spec)
     old = spec["num_classes"]
-    spec["num_classes"] = int(num_classes)
-    spec["class_splits"] = list(class_splits) if class_splits else None
-    spec["split_names"] = list(split_names) if split_names else None
-    spec["final_endpoint"] = "logits"
+    spec.update(head_fields(num_classes, class_splits, split_names))  # validates num_classes (> 0)
     new = MTVClassifier.from_spec(spec)
     src = model.backbone.flax_params()
     for key, var in new.backbone.flax_params().items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -292,15 +293,25 @@ def _num_classes(cfg: Mapping, num_classes, class_splits) -> tuple[int, list | N
         if num_classes is not None and int(num_classes) != total:
             raise ConfigError(f"num_classes={num_classes} but class_splits {splits} sum to {total}")
         return total, splits
-    for value in (num_classes, ds.get("num_classes"), (cfg.get("dataset_meta_data") or {}).get("num_classes")):
+    sources = (("num_classes", num_classes), ("dataset_configs.num_classes", ds.get("num_classes")),
+               ("dataset_meta_data.num_classes", (cfg.get("dataset_meta_data") or {}).get("num_classes")))
+    for where, value in sources:
         if value is not None:
-            return int(value), None
+            return check_num_classes(value, where), None
     raise ConfigError("the number of classes is unknown: pass num_classes=..., or set "
                       "dataset_configs.num_classes (or dataset_configs.class_splits) in the config")
 
 
+def check_num_classes(value: Any, where: str = "num_classes") -> int:
+    """`value` as a class count: a positive integer (a ConfigError naming `where` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ConfigError(f"{where} must be a positive integer (the number of classes of the head), got {value!r}")
+    return int(value)
+
+
 def head_fields(num_classes: int, class_splits=None, split_names=None, final_endpoint: str = "logits") -> dict:
     """The validated head part of a spec: one Dense of `num_classes`, sliced by `class_splits`."""
+    num_classes = check_num_classes(num_classes)
     if final_endpoint not in ("logits", "pre_logits"):
         raise ConfigError(f"field 'model.final_endpoint' is {final_endpoint!r}; expected 'logits' or 'pre_logits'")
     splits = [int(s) for s in class_splits] if class_splits else None

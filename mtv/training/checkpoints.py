@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from mtv.errors import CheckpointError
-from mtv.utils.fileio import atomic_path
+from mtv.utils.fileio import atomic_path, writing
 
 PATTERN = re.compile(r"ckpt_(\d+)\.npz$")
 
@@ -61,7 +61,7 @@ def save_checkpoint(workdir: str | os.PathLike, step: int, model, optimizer=None
     info = {"step": int(step), "optimizer": [[v.path, list(v.shape)] for v in opt_vars], **(meta or {})}
     arrays["meta"] = np.asarray(json.dumps(info, default=str))
     path = folder / f"ckpt_{int(step):08d}.npz"
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     for _, old in list_checkpoints(workdir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)

@@ -265,6 +265,10 @@ def init_from_mtv(model, restored: Mapping[str, np.ndarray], *, restore_output_p
             continue
         value = np.asarray(restored[key])
         target = tuple(var.shape)
+        if key.startswith(HEAD) and value.shape != target:
+            raise CheckpointError(f"{source}: the checkpoint's head '{key}' has shape {value.shape}, the model's "
+                                  f"{target} (a different number of classes); set "
+                                  "init_from.restore_output_projection=False to start a new head")
         if value.shape != target:
             if key == "bottleneck" or re.fullmatch(r"cls_view\d+", key):
                 value = zoom_linear(value, (value.shape[0], target[1], *value.shape[2:]))

@@ -42,6 +42,7 @@ from mtv.errors import CheckpointError, ConfigError, DataError
 from mtv.io.configs import check_config_fields
 from mtv.training import checkpoints as ckpt_lib
 from mtv.training.strategy import distribute, is_chief, make_strategy
+from mtv.utils.fileio import atomic_path, writing
 from mtv.utils.numeric import top_k
 
 _STOP = threading.Event()  # set by SIGTERM: checkpoint at the next step and stop
@@ -237,7 +238,8 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
 
     def check_then_mkdir(heads: dict[str, int]) -> None:
         _check_model_config(config, heads)  # before any data is read
-        workdir.mkdir(parents=True, exist_ok=True)
+        with writing(workdir):
+            workdir.mkdir(parents=True, exist_ok=True)
 
     data = build_datasets(config, workdir, train_data=train_data, eval_data=eval_data, videos=videos,
                           check_heads=check_then_mkdir)
@@ -321,9 +323,7 @@ def _build(config, heads: dict):
 
 
 def _write_config(path: Path, config) -> None:
-    from mtv.utils.fileio import atomic_path
-
-    with atomic_path(path) as tmp:
+    with writing(path), atomic_path(path) as tmp:
         Path(tmp).write_text(config.to_json(indent=1))
 
 

@@ -4,6 +4,7 @@ file, preset and export goes through here."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import filelock
+
+from mtv.errors import WriteError
 
 
 @contextlib.contextmanager
@@ -76,3 +79,38 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(path)):
         yield
+
+
+def write_error(path: str | os.PathLike, error: BaseException) -> WriteError:
+    """A WriteError for an OS (or TensorFlow file-system) error raised while writing `path`: which path, what to do."""
+    code = getattr(error, "errno", None)
+    text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    full = "no space left" in str(error).lower() or "ResourceExhausted" in type(error).__name__
+    if code == errno.ENOSPC or full:
+        return WriteError(f"no space left on device while writing {path}; nothing partial was kept. Free some space "
+                          "or choose an output on another disk")
+    blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+    if code in (errno.ENOTDIR, errno.EEXIST) and blocker is not None or isinstance(error, NotADirectoryError):
+        where = f" ({blocker})" if blocker is not None else ""
+        return WriteError(f"cannot write {path}: a parent of it{where} is a file, not a directory ({text}); "
+                          "choose another output path")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return WriteError(f"cannot write {path}: {text} (not writable by you); choose a writable output path")
+    return WriteError(f"cannot write {path}: {text}; check the path and its disk")
+
+
+def _is_fs_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) or type(error).__module__.startswith("tensorflow")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turns an OSError (or a TensorFlow file-system error) raised in the block into a WriteError naming `path`."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as e:
+        if not _is_fs_error(e):
+            raise
+        raise write_error(path, e) from None
