@@ -106,3 +106,16 @@ def test_a_cached_version_1_zoo_preset_is_converted_again(fake_zoo):  # noqa: F8
     model = mtv.load("tiny-test")  # from the cached download, no error
     assert presets.is_current_preset(cache)
     np.testing.assert_allclose(np.asarray(model(fixture_input())), fixture_logits(), atol=1e-5)
+
+
+def test_classifier_from_preset_takes_the_zoo_names_kerashub_style():
+    from mtv.models import mtv_presets
+    from mtv.models.mtv_classifier import MTVClassifier
+
+    names = mtv_presets.preset_names()
+    assert "camera-motion" in names and "mtv-b-k400" in names
+    assert mtv_presets.preset_info("camera-motion")["dataset"] == "camera_motion"
+    model = MTVClassifier.from_preset("camera-motion")
+    assert isinstance(model, MTVClassifier) and model.spec["num_classes"] == 13
+    with pytest.raises(ZooError, match="camera-motion"):
+        MTVClassifier.from_preset("camera-motoin")

@@ -43,6 +43,13 @@ class MTVClassifier(keras.Model):
         self.built = True
 
     @classmethod
+    def from_preset(cls, handle: str, **kwargs) -> MTVClassifier:
+        """A pretrained classifier from a preset (`mtv.models.mtv_presets.preset_names()`) or any `mtv.load` handle."""
+        from mtv.io.loading import load
+
+        return load(handle, **kwargs)
+
+    @classmethod
     def from_spec(cls, spec: Mapping, **kwargs) -> MTVClassifier:
         """A randomly initialised classifier of `spec` (see `mtv.models.spec`)."""
         backbone = backbone_class(spec)(spec)
