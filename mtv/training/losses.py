@@ -56,8 +56,11 @@ class TrainingModel(keras.Model):
                            for h in self.heads]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras reduces a data batch across replicas to build the model symbolically, which fails under
-        # MultiWorkerMirroredStrategy. Once the model has been called (see `build_now`), no data is needed.
+        # The one private Keras hook left, on purpose: Keras 3's TF trainer (backend/tensorflow/trainer.py)
+        # reduces a data batch across replicas to build the model symbolically, which fails under
+        # MultiWorkerMirroredStrategy ("unsupported type PerReplica"; tests/test_distributed.py shows it
+        # when this override is removed) and offers no public hook. Once the model has been called (see
+        # `build_now`), no data is needed.
         if not all(layer.built for layer in self._flatten_layers()):
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         with self.distribute_strategy.scope():
