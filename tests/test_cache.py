@@ -12,9 +12,7 @@ import re
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from mtv.cli import run
 from mtv.errors import DownloadError
 from mtv.io import download
 from mtv.io.download import cache_dir, fetch
+from tests.helpers import RouteServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,47 +43,9 @@ def _preset_tarball(tag: str, padding: int = 200_000) -> bytes:
     return buf.getvalue()
 
 
-class _Server:
-    """HTTP/1.0 server on 127.0.0.1: routes map a path to a body; `length=False` omits Content-Length."""
-
-    def __init__(self):
-        self.routes: dict[str, dict] = {}
-        self.hits: dict[str, int] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802  (http.server's naming)
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                route = server.routes.get(self.path)
-                if route is None:
-                    self.send_error(404, "no such file")
-                    return
-                body = route["body"][: route.get("cut")]
-                self.send_response(200)
-                if route.get("length", True):
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                for i in range(0, len(body), 1 << 16):
-                    self.wfile.write(body[i:i + (1 << 16)])
-                    time.sleep(route.get("delay", 0.0))
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    s = _Server()
+    s = RouteServer()
     yield s
     s.stop()
 
@@ -137,7 +98,7 @@ def test_load_checks_an_expected_sha256(server, stub_presets):
 
 
 def test_two_processes_loading_the_same_tarball_url_both_succeed(server):
-    server.routes["/slow.tar.gz"] = {"body": _preset_tarball("a", 600_000), "delay": 0.05}
+    server.routes["/slow.tar.gz"] = {"body": _preset_tarball("a", 600_000), "pieces": 10, "delay": 0.05}
     code = ("import json, sys, pathlib\nfrom mtv.io import loading, presets\n"
             "presets.load_preset = lambda d, **k: json.loads((pathlib.Path(d) / 'config.json').read_text())\n"
             "print(loading.load(sys.argv[1]))\n")

@@ -10,9 +10,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ import pytest
 from mtv.errors import DownloadError, ExportError
 from mtv.io import download
 from mtv.io.download import cache_dir, fetch, safe_extract_tar
+from tests.helpers import RouteServer
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = os.urandom(300_000)
@@ -29,54 +27,9 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class _Server:
-    """A tiny HTTP server: routes map a path to a body, an optional lying Content-Length, a delay."""
-
-    def __init__(self):
-        self.routes: dict[str, dict] = {}
-        self.hits: dict[str, int] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802  (http.server's naming)
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                route = server.routes.get(self.path)
-                if route is None:
-                    self.send_error(404, "no such file")
-                    return
-                body = route["body"]
-                self.send_response(200)
-                self.send_header("Content-Length", str(route.get("length", len(body))))
-                self.end_headers()
-                pieces = route.get("pieces", 1)
-                step = -(-len(body) // pieces)
-                for i in range(0, len(body), step):
-                    self.wfile.write(body[i:i + step])
-                    self.wfile.flush()
-                    time.sleep(route.get("delay", 0.0))
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-        self.running = True
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def stop(self):
-        if self.running:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.running = False
-
-
 @pytest.fixture
 def server():
-    s = _Server()
+    s = RouteServer()
     yield s
     s.stop()
 

@@ -16,24 +16,15 @@ from mtv.errors import ConfigError
 from mtv.io.configs import load_config
 from mtv.training import checkpoints as ckpt_lib
 from mtv.training.trainer import train
+from tests.test_train import _tiny as train_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "camera_motion" / "camera_motion_tiny.py"
 
 
 def _tiny(**changes):
-    """The tiny camera-motion config, 2 steps of batch 2, with dotted-path changes."""
-    config = load_config(str(TINY))
-    config.num_training_steps, config.checkpoint_steps, config.batch_size = 2, 2, 2
-    config.lr_configs.steps_per_cycle, config.lr_configs.warmup_steps = 2, 1
-    config.dataset_configs.synthetic.num_eval = 13
-    for key, value in changes.items():
-        target = config
-        *path, leaf = key.split(".")
-        for part in path:
-            target = target[part]
-        target[leaf] = value
-    return config
+    """test_train's tiny camera-motion config (2 steps of batch 2) with 13 held-out clips, plus `changes`."""
+    return train_tiny(**{"dataset_configs.synthetic.num_eval": 13, **changes})
 
 
 # ------------------------------------------------------------------ item 6: bad --config files and overrides
