@@ -115,7 +115,7 @@ def profile_family(family: str, args: argparse.Namespace) -> dict:
     from mtv.models.builder import build_model
 
     model = build_model(family_config(family, args.frames, args.size), seed=0)
-    shapes = getattr(model, "input_shapes", None) or {"rgb": model.input_frames_shape}
+    shapes = model.input_shapes
     inputs = {k: tf.random.stateless_uniform((args.batch, *s), seed=(0, i), minval=-1.0, maxval=1.0)
               for i, (k, s) in enumerate(shapes.items())}
     x = inputs if len(inputs) > 1 else next(iter(inputs.values()))

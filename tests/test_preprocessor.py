@@ -18,16 +18,16 @@ def _stub(metadata=None, **shape):
 
 def test_settings_from_model_metadata_and_fallback():
     meta = {"preprocessing": {"min_resize": 40, "zero_centering": False}}
-    pre = VideoPreprocessor.from_model(_stub(meta, input_frames_shape=(8, 32, 32, 3)))
+    pre = VideoPreprocessor.from_model(_stub(meta, input_shapes={"rgb": (8, 32, 32, 3)}))
     assert pre == VideoPreprocessor(crop_size=32, min_resize=40, num_crops=1, zero_centering=False)
     # No metadata: evaluation's rule, the short side resized to the crop (not Inception's 256/224 margin).
-    plain = VideoPreprocessor.from_model(_stub(input_frames_shape=(8, 32, 32, 3)), num_crops=3)
+    plain = VideoPreprocessor.from_model(_stub(input_shapes={"rgb": (8, 32, 32, 3)}), num_crops=3)
     assert (plain.min_resize, plain.num_crops, plain.zero_centering) == (32, 3, True)
-    assert VideoPreprocessor.from_model(_stub(input_frames_shape=(8, 32, 32, 3)), min_resize=50).min_resize == 50
+    assert VideoPreprocessor.from_model(_stub(input_shapes={"rgb": (8, 32, 32, 3)}), min_resize=50).min_resize == 50
     mm = _stub(input_shapes={"rgb": (16, 48, 48, 3), "audio": (800, 128, 1)})
     assert video_input_shape(mm) == (16, 48, 48, 3)
     with pytest.raises(ConfigError, match="32x48"):
-        VideoPreprocessor.from_model(_stub(input_frames_shape=(8, 32, 48, 3)))
+        VideoPreprocessor.from_model(_stub(input_shapes={"rgb": (8, 32, 48, 3)}))
     with pytest.raises(ConfigError, match="num_crops"):
         VideoPreprocessor(32, 36, num_crops=2)
 

@@ -104,13 +104,9 @@ def preprocess(clips: tf.Tensor, *, crop_size: int, min_resize: int, num_crops: 
 
 
 def video_input_shape(model) -> tuple[int, int, int, int]:
-    """(frames, height, width, channels) of a model's video input ('rgb' of `input_shapes`, or `input_frames_shape`)."""
-    shapes = getattr(model, "input_shapes", None)
-    if shapes:
-        shape = shapes["rgb"] if "rgb" in shapes else next(iter(shapes.values()))
-    else:
-        shape = model.input_frames_shape
-    return tuple(int(d) for d in shape)
+    """(frames, height, width, channels) of a model's video input: 'rgb' of `input_shapes`, else its first input."""
+    shapes = model.input_shapes
+    return tuple(int(d) for d in (shapes["rgb"] if "rgb" in shapes else next(iter(shapes.values()))))
 
 
 @dataclasses.dataclass(frozen=True)
