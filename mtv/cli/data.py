@@ -22,11 +22,21 @@ flags.DEFINE_string("config", None, "Experiment config whose dataset_configs.num
 flags.DEFINE_integer("min_resize", 256, "Store frames with their smaller side shrunk to this (0: keep size).",
                      flag_values=FLAGS)
 flags.DEFINE_integer("max_frames", None, "Keep at most this many frames per video.", flag_values=FLAGS)
-flags.DEFINE_float("frames_fps", 30.0, "Frame rate of frame directories.", flag_values=FLAGS)
-flags.DEFINE_bool("audio", False, "Also store the audio track (mono, 16 kHz).", flag_values=FLAGS)
+flags.DEFINE_float("frames_fps", 30.0, "Frame rate of frame directories (Epic's released frames: 60 for "
+                   "EPIC-55 videos, 50 for EPIC-100's); turns timestamps into frame numbers there.",
+                   flag_values=FLAGS)
+flags.DEFINE_bool("audio", False, "Also store the audio of each segment's time span (mono, 16 kHz); a segment "
+                  "without it is skipped and counted.", flag_values=FLAGS)
 flags.DEFINE_bool("flow", False, "Also store optical flow (Epic flow_frames, else Farneback).", flag_values=FLAGS)
+flags.DEFINE_enum("flow_source", "auto", ["auto", "epic", "compute"], "Flow from Epic's <root>/<P>/flow_frames "
+                  "where a video has it, else computed (auto); only Epic's, skipping segments without it (epic); "
+                  "always computed (compute).", flag_values=FLAGS)
+flags.DEFINE_integer("flow_stride", None, "RGB frames per Epic flow frame (default from the video id: 2 for "
+                     "EPIC-55's PXX_YY, 1 for EPIC-100's PXX_1YY).", flag_values=FLAGS)
 flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the stored frames.", flag_values=FLAGS)
 
+SKIP_TITLES = {"video": "unreadable video(s)", "audio": "segment(s) without their audio",
+               "flow": "segment(s) without their flow frames"}
 USAGE = "usage: mtv data prepare CSV --out DIR [--shards N] [--video_root DIR] [--name NAME] [--num_classes N]"
 
 
@@ -53,11 +63,15 @@ def main(argv: list[str]) -> int:
         name=FLAGS.name, num_classes=num_classes,
         min_resize=FLAGS.min_resize or None, max_frames=FLAGS.max_frames,
         frames_fps=FLAGS.frames_fps, with_audio=FLAGS.audio, with_flow=FLAGS.flow,
-        jpeg_quality=FLAGS.jpeg_quality)
+        jpeg_quality=FLAGS.jpeg_quality, flow_source=FLAGS.flow_source, flow_stride=FLAGS.flow_stride)
     print(f"wrote {result.num_written} examples to {len(result.shards)} shard(s): "
           f"{result.shards[0].parent}/{result.shards[0].name.split('-00000-of-')[0]}-*")
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} unreadable video(s):")
-        for video, reason in result.skipped:
-            print(f"  {video}: {reason}")
+    if result.flow_sources:
+        print("flow: " + ", ".join(f"{n} from {k}" for k, n in result.flow_sources.items()))
+    for kind, count in result.skip_counts.items():
+        if count:
+            print(f"skipped {count} {SKIP_TITLES[kind]}:")
+            for (video, reason), k in zip(result.skipped, result.skip_kinds, strict=True):
+                if k == kind:
+                    print(f"  {video}: {reason}")
     return 0

@@ -6,6 +6,9 @@ natural log of the mel power plus 1e-6. The STFT and mel matrix are `tf.signal`'
 
 Alignment: sample `round(i / fps * sample_rate)` of a `Video`'s audio is the time of frame `i`
 (see `mtv.data.video`), so a clip whose first frame is `i0` starts its spectrogram there.
+
+Coverage: `check_audio_covers` refuses a video (or segment) whose audio track is absent or ends (or
+starts) more than `AUDIO_GAP_TOLERANCE` seconds inside its frames, instead of storing zeros as sound.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import tensorflow as tf
 
 from mtv.data.video import Video
 from mtv.errors import ConfigError, DataError
+
+# Containers end the audio track within an audio frame (20-64 ms) of the video; a gap up to this many
+# seconds is zero-padded, a longer one means the span has no sound to store.
+AUDIO_GAP_TOLERANCE = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,3 +127,18 @@ def clip_log_mel(video: Video, indices: np.ndarray, config: AudioConfig = AudioC
         raise DataError(f"video '{video.path}' has no audio track")
     segment = clip_waveform(video.audio, video.sample_rate, video.fps, indices, config, num_spec_frames)
     return log_mel_spectrogram(segment, config).numpy()
+
+
+def check_audio_covers(video: Video, tolerance: float = AUDIO_GAP_TOLERANCE, what: str | None = None) -> None:
+    """Raises DataError unless the video's own audio track covers its frames to within `tolerance` s.
+
+    `what` names the span in the message (default: the video's path).
+    """
+    what = what or f"'{video.path}'"
+    if video.audio is None or video.sample_rate is None:
+        raise DataError(f"{what} has no audio track")
+    start, stop = video.audio_span if video.audio_span is not None else (0.0, video.duration)
+    missing = video.duration - max(stop - start, 0.0)
+    if missing > tolerance:
+        raise DataError(f"{what}: the audio track covers {start:.3f}-{stop:.3f} s of the {video.duration:.3f} s of "
+                        f"frames ({missing:.3f} s without sound, more than the {tolerance} s allowed)")

@@ -6,11 +6,16 @@ for a displacement of `d` pixels. In memory: float32 `(q - 128) / 128`, in [-1, 
 horizontal motion (positive = rightwards) and channel 1 the vertical (positive = downwards).
 Multiply by `FLOW_BOUND` for pixels.
 
-Epic-Kitchens layout: `<dir>/u/frame_0000000001.jpg` and `<dir>/v/frame_0000000001.jpg` (greyscale).
+Epic-Kitchens layout: `<dir>/u/frame_0000000001.jpg` and `<dir>/v/frame_0000000001.jpg` (greyscale),
+`<dir>` being `<root>/<P>/flow_frames/<video_id>`. Epic computed TV-L1 on every second RGB frame for the
+EPIC-55 videos (`PXX_YY`) and on every frame for the EPIC-100 extension (`PXX_1YY`), so RGB frame `n`
+(1-based) is flow frame `(n - 1) // stride + 1` (the rule of Epic's own
+`C1-Action-Recognition-TSN-TRN-TSM/src/convert_rgb_to_flow_frame_idxs.py`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -57,6 +62,54 @@ def read_flow_dir(path: str | Path, *, frame_range: tuple[int, int] | None = Non
         frames.append(pair)
     if len({f.shape for f in frames}) > 1:
         raise DataError(f"flow frames in '{path}' have different sizes")
+    flow = np.stack(frames)
+    return flow if as_uint8 else dequantize(flow)
+
+
+def epic_flow_stride(video_id: str) -> int:
+    """RGB frames per Epic flow frame: 2 for EPIC-55 videos (`P01_11`), 1 for EPIC-100's (`P01_101`)."""
+    match = re.fullmatch(r"P\d+_(\d+)", video_id)
+    if match is None:
+        raise DataError(f"video_id '{video_id}' is not an Epic-Kitchens id (PXX_YY or PXX_1YY), so the RGB frames "
+                        "per flow frame are unknown: give the flow stride (`--flow_stride`)")
+    return 1 if len(match.group(1)) == 3 else 2
+
+
+def epic_flow_numbers(rgb_start: int, rgb_stop: int, stride: int) -> tuple[int, int]:
+    """Flow frame numbers `(first, last)` (1-based, inclusive) for RGB frames `rgb_start..rgb_stop` (same).
+
+    The motion between the segment's own frames: from the flow frame of `rgb_start` to the one of
+    `rgb_stop - 1` (the last frame that has a successor inside the segment).
+    """
+    if rgb_start < 1 or rgb_stop < rgb_start or stride < 1:
+        raise DataError(f"RGB frames {rgb_start}..{rgb_stop} at flow stride {stride}: expected "
+                        "1 <= start <= stop and stride >= 1")
+    first = (rgb_start - 1) // stride + 1
+    return first, max(first, (rgb_stop - 2) // stride + 1)
+
+
+def read_epic_flow(path: str | Path, first: int, last: int, *, as_uint8: bool = False) -> np.ndarray:
+    """Epic flow frames `first..last` (1-based, inclusive) of `<path>/{u,v}/frame_%010d.jpg`.
+
+    Every one of them must be there: a missing frame raises a DataError naming how many are missing
+    and the first one, never a shorter or shifted clip.
+    """
+    path = Path(path)
+    if not (path / "u").is_dir() or not (path / "v").is_dir():
+        raise DataError(f"flow directory '{path}' needs 'u' and 'v' subdirectories of frames")
+    names = [f"frame_{n:010d}.jpg" for n in range(first, last + 1)]
+    missing = [f"{c}/{n}" for n in names for c in ("u", "v") if not (path / c / n).is_file()]
+    if missing:
+        raise DataError(f"flow frames {first}..{last} of '{path}': {len(missing)} of {2 * len(names)} u/v files "
+                        f"are missing, e.g. '{missing[0]}'")
+    frames = []
+    for name in names:
+        u, v = (read_image(path / c / name, cv2.IMREAD_GRAYSCALE) for c in ("u", "v"))
+        if u.shape != v.shape:
+            raise DataError(f"flow frame '{path}/{{u,v}}/{name}': u is {u.shape} and v is {v.shape}; expected one size")
+        frames.append(np.stack([u, v], axis=-1))
+    if len({f.shape for f in frames}) > 1:
+        raise DataError(f"flow frames {first}..{last} of '{path}' have different sizes")
     flow = np.stack(frames)
     return flow if as_uint8 else dequantize(flow)
 

@@ -22,8 +22,10 @@ Shards are named `<name>-00000-of-00004.tfrecord`. `make_dataset` accepts a glob
 of files, or `<dir>/<name>@4` (Scenic's sharded-file notation, with our file names).
 
 `make_dataset` decodes records on the host (protobuf + OpenCV, only the sampled JPEGs), so a
-corrupt record, an undecodable JPEG or an out-of-range label skips that example with a warning and
-counts it in a `SkipCounter`, instead of stopping the pipeline.
+corrupt record, an undecodable JPEG, an out-of-range label or a missing flow/audio stream skips that
+example with a warning and counts it in a `SkipCounter`, instead of stopping the pipeline. Records
+written without a modality the model needs at all are refused up front (`check_modalities`): the
+first record is read before the pipeline is built.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ FLOW_KEY = "FORWARD_FLOW/image/encoded"
 AUDIO_KEY = "WAVEFORM/feature/floats"
 AUDIO_RATE_KEY = "WAVEFORM/feature/sample_rate"
 MODALITIES = ("rgb", "flow", "audio")
+MODALITY_KEYS = {"rgb": IMAGE_KEY, "flow": FLOW_KEY, "audio": AUDIO_KEY}
 DEFAULT_AUDIO_FRAMES = 800  # 8 s of 10 ms log-mel frames
 
 
@@ -195,6 +198,50 @@ def parse_example(record: bytes) -> ClipExample:
     if flow:
         out.flow = np.stack([f[..., :2] for f in _decode_jpegs(flow, f"example '{example_id}': flow frame")])
     return out
+
+
+def record_modalities(record: bytes) -> tuple[str, ...]:
+    """The modalities a serialized record holds, in MODALITIES order (a stream with no data is absent)."""
+    lists = _parse(record).feature_lists.feature_list
+    return tuple(m for m in MODALITIES if MODALITY_KEYS[m] in lists and lists[MODALITY_KEYS[m]].feature)
+
+
+def _first_record(files: Sequence[str]) -> tuple[str, bytes] | None:
+    """The first readable record of the files, with its file; None if there is none."""
+    for path in files:
+        try:
+            for record in _read_file(path):
+                return path, record
+        except (tf.errors.OpError, OSError):
+            continue  # a corrupt file is the pipeline's to skip and count
+    return None
+
+
+def check_modalities(files: Sequence[str], modalities: Sequence[str]) -> None:
+    """Raises DataError when the first record of `files` lacks one of `modalities`.
+
+    Records are written with or without flow and audio for a whole run of `mtv data prepare`, so
+    one record without a stream means the dataset has none: a clear error here, instead of a
+    pipeline that skips every record (or, repeating for training, never yields).
+    """
+    first = _first_record(files)
+    if first is None:
+        return
+    path, record = first
+    try:
+        seq = _parse(record)
+        present = record_modalities(record)
+    except DataError:
+        return  # a corrupt record is skipped and counted by the pipeline
+    # Frames are in every record prepare writes; a record without them is corrupt, skipped by the pipeline.
+    missing = [m for m in modalities if m != "rgb" and m not in present]
+    if missing:
+        example_id = b"".join(_context(seq, ID_KEY, "bytes_list")).decode(errors="replace")
+        names = ", ".join(f"{m} ('{MODALITY_KEYS[m]}')" for m in missing)
+        flags = " ".join(f"--{m}" for m in missing)
+        raise DataError(f"'{path}': record '{example_id}' has no {names}, which the model's modalities "
+                        f"{list(modalities)} need; it holds {list(present)}. Write the records with "
+                        f"`mtv data prepare ... {flags}`, or train a model without {' and '.join(missing)}")
 
 
 def shard_path(out_dir: str | Path, name: str, index: int, num_shards: int) -> Path:
@@ -538,6 +585,7 @@ def make_dataset(
     spec = _Spec(config, is_train, classes, modalities, *_modality_settings(dataset_configs, config))
     counter = skip_counter if skip_counter is not None else SkipCounter()
     files = resolve_files(file_pattern)
+    check_modalities(files, modalities)
     decoder = _RecordDecoder(spec, counter)
 
     ds = tf.data.Dataset.from_generator(
@@ -597,9 +645,9 @@ def _to_element(values, spec: _Spec, with_ids: bool):
         if waveform is not None:
             spectrogram = audio_lib.log_mel_spectrogram(waveform, spec.audio)[..., None]  # [clips, F, mel, 1]
             inputs["audio"] = tf.repeat(spectrogram, cfg.num_spatial_crops, axis=0)
-    if "audio" in inputs:
-        shape = inputs["audio"].shape[:-3].concatenate([spec.audio_frames, spec.audio.num_mel_bins, 1])
-        inputs["audio"].set_shape(shape)
+    if "audio" in inputs:  # the waveform comes from numpy_function, so its rank is unknown until set here
+        views = [] if spec.is_train else [cfg.num_views]
+        inputs["audio"].set_shape(views + [spec.audio_frames, spec.audio.num_mel_bins, 1])
     element = (inputs["rgb"] if spec.modalities == ("rgb",) else inputs,)
     if spec.classes:
         for label, count in zip(labels, spec.classes.values(), strict=True):

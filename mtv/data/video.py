@@ -4,6 +4,11 @@ Frames come out upright (the display matrix, or an old-style `rotate` tag, is ap
 presentation order, one entry per decoded frame, so a variable-frame-rate video keeps every frame.
 The audio track, when there is one, is mixed down to mono float32 and cut or zero-padded to span
 exactly the decoded frames: sample `round(i / fps * sample_rate)` is the time of frame `i`.
+`Video.audio_span` says which part of that came from the track (the rest is zero padding).
+
+A `frame_range` or `time_range` seeks, then numbers frames by presentation time from the stream's
+first frame, `round((t - t_first) * fps)`, so a range read gives the same frames as slicing a full
+decode of a constant-frame-rate video.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ class Video:
     audio: np.ndarray | None = None
     sample_rate: int | None = None
     path: str | None = None
+    # Seconds after the first frame covered by the real audio track, within [0, duration]; the rest
+    # of `audio` is zero padding. None without audio.
+    audio_span: tuple[float, float] | None = None
 
     @property
     def num_frames(self) -> int:
@@ -66,6 +74,25 @@ def _rotation_turns(stream, frame) -> int:
         if tag and tag.lstrip("-").isdigit():
             degrees = -int(tag)
     return int(round(degrees / 90.0)) % 4
+
+
+# Frames past the end of a range still decoded, so a frame that a reordering container (e.g. AVI with
+# packed B-frames) hands out late is not lost.
+REORDER_WINDOW = 8
+# Slack for float timestamps such as 49.15 s * 60 fps = 2948.9999...
+_TIME_EPS = 1e-6
+
+
+def frames_for_time_range(time_range: tuple[float, float], fps: float) -> tuple[int, int]:
+    """0-based, half-open frame range `(start, stop)` of the frames a `(t0, t1)` seconds span overlaps.
+
+    Frame `i` shows from `i / fps` to `(i + 1) / fps`; at least one frame.
+    """
+    t0, t1 = time_range
+    if t0 < 0 or t1 <= t0:
+        raise DataError(f"time range {time_range} must be (t0, t1) seconds with 0 <= t0 < t1")
+    start = int(np.floor(t0 * fps + _TIME_EPS))
+    return start, max(int(np.ceil(t1 * fps - _TIME_EPS)), start + 1)
 
 
 def _frame_rate(stream, times: list[float]) -> float:
@@ -114,6 +141,7 @@ def read_video(
     with_audio: bool = True,
     audio_sample_rate: int | None = None,
     frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    time_range: tuple[float, float] | None = None,
 ) -> Video:
     """Decodes a video file into upright RGB frames and, if present, its mono audio.
 
@@ -125,17 +153,20 @@ def read_video(
       with_audio: decode the first audio stream too.
       audio_sample_rate: resample audio to this rate (default: the stream's own rate).
       frame_transform: applied to each upright frame as it is decoded (e.g. the preprocessor's resize).
+      time_range: `(t0, t1)` seconds from the first frame instead of `frame_range`: the frames that
+        span overlaps at the stream's frame rate (`frames_for_time_range`).
     """
     path = Path(path)
+    if time_range is not None and frame_range is not None:
+        raise DataError(f"read_video('{path}'): give frame_range or time_range, not both")
     if not path.exists():
         raise DataError(f"video file '{path}' does not exist")
     if path.is_dir():
         raise DataError(f"'{path}' is a directory; use read_frames_dir for a directory of frames")
-    start, stop = frame_range if frame_range is not None else (0, None)
-    if start < 0 or (stop is not None and stop <= start):
-        raise DataError(f"frame_range {frame_range} for '{path}' must be (start, stop) with 0 <= start < stop")
-    if max_frames is not None:
-        stop = start + max_frames if stop is None else min(stop, start + max_frames)
+    if frame_range is not None:
+        start, stop = frame_range
+        if start < 0 or stop <= start:
+            raise DataError(f"frame_range {frame_range} for '{path}' must be (start, stop) with 0 <= start < stop")
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
@@ -147,6 +178,14 @@ def read_video(
         vstream = container.streams.video[0]
         check_video_source(path, container.format.name, vstream.codec_context.name)
         vstream.thread_type = "AUTO"
+        if time_range is not None:
+            try:
+                frame_range = frames_for_time_range(time_range, _frame_rate(vstream, []))
+            except DataError as e:
+                raise DataError(f"'{path}': {e}") from None
+        start, stop = frame_range if frame_range is not None else (0, None)
+        if max_frames is not None:
+            stop = start + max_frames if stop is None else min(stop, start + max_frames)
         astream = container.streams.audio[0] if with_audio and container.streams.audio else None
         return _decode(path, container, vstream, astream, start, stop, min_resize, audio_sample_rate,
                        frame_transform)
@@ -162,8 +201,10 @@ def _decode(path, container, vstream, astream, start, stop, min_resize, audio_sa
     rate = int(audio_sample_rate or (astream.rate if astream is not None else 0)) or None
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate) if astream is not None else None
     fps_guess = _frame_rate(vstream, [])
-    base = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
+    base = 0.0
     if start > 0:
+        # Frame 0 is the first frame decoded, whose time can differ from the stream's start_time.
+        base = _first_frame_time(container, vstream)
         container.seek(int((base + start / fps_guess) / vstream.time_base), stream=vstream, backward=True)
     turns = None
     video_done = False
@@ -181,8 +222,10 @@ def _decode(path, container, vstream, astream, start, stop, min_resize, audio_sa
                     if index < start:
                         continue
                     if stop is not None and index >= stop:
-                        video_done = True
-                        break
+                        video_done = index >= stop + (REORDER_WINDOW if start > 0 else 0)
+                        if video_done:
+                            break
+                        continue
                     if turns is None:
                         turns = _rotation_turns(vstream, frame)
                     image = _shrink(frame.to_ndarray(format="rgb24"), min_resize)
@@ -197,7 +240,7 @@ def _decode(path, container, vstream, astream, start, stop, min_resize, audio_sa
                         audio_chunks.append(out.to_ndarray().reshape(-1))
                     if frame.time is not None:
                         audio_end = float(frame.time) + frame.samples / frame.sample_rate
-            if video_done and (astream is None or (times and audio_end >= times[0] + len(times) / fps_guess)):
+            if video_done and (astream is None or (times and audio_end >= min(times) + len(times) / fps_guess)):
                 break
     except av.FFmpegError as e:
         if not frames:
@@ -206,7 +249,7 @@ def _decode(path, container, vstream, astream, start, stop, min_resize, audio_sa
     if not frames:
         what = f"in frame range {start}..{stop}" if start or stop is not None else "at all"
         raise DataError(f"'{path}' has a video stream but no frame could be decoded {what}")
-    if start == 0 and any(b < a for a, b in zip(times, times[1:], strict=False)):
+    if any(b < a for a, b in zip(times, times[1:], strict=False)):
         order = np.argsort(np.asarray(times), kind="stable")  # container order is not display order
         frames = [frames[i] for i in order]
         times = [times[i] for i in order]
@@ -217,7 +260,17 @@ def _decode(path, container, vstream, astream, start, stop, min_resize, audio_sa
         lead = (audio_start or 0.0) - times[0]
         video.audio = _fit_audio(audio_chunks, lead, rate, len(frames) / fps)
         video.sample_rate = rate
+        real = sum(c.shape[0] for c in audio_chunks) / rate
+        video.audio_span = (min(max(lead, 0.0), video.duration), max(min(lead + real, video.duration), 0.0))
     return video
+
+
+def _first_frame_time(container, vstream) -> float:
+    """Presentation time of the first frame the stream decodes to (0.0 if it has none)."""
+    for packet in container.demux(vstream):
+        for frame in packet.decode():
+            return float(frame.time) if frame.time is not None else 0.0
+    return 0.0
 
 
 def natural_key(name: str) -> list:

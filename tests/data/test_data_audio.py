@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtv.data.audio import AudioConfig, clip_log_mel, clip_waveform, log_mel_spectrogram, resample
+from mtv.data.audio import (
+    AUDIO_GAP_TOLERANCE,
+    AudioConfig,
+    check_audio_covers,
+    clip_log_mel,
+    clip_waveform,
+    log_mel_spectrogram,
+    resample,
+)
 from mtv.data.video import Video
 from mtv.errors import ConfigError, DataError
 
@@ -57,3 +65,16 @@ def test_errors():
         AudioConfig(hop_ms=0)
     with pytest.raises(DataError, match="no audio"):
         clip_log_mel(Video(np.zeros((4, 2, 2, 3), np.uint8), 10.0, path="silent.mp4"), np.arange(4))
+
+
+def test_check_audio_covers_refuses_missing_or_short_sound():
+    frames = np.zeros((20, 2, 2, 3), np.uint8)  # 2 s at 10 fps
+    with pytest.raises(DataError, match="'a.mp4' has no audio track"):
+        check_audio_covers(Video(frames, 10.0, path="a.mp4"))
+    short = Video(frames, 10.0, audio=np.zeros(32000, np.float32), sample_rate=16000, path="a.mp4",
+                  audio_span=(0.0, 1.0))
+    with pytest.raises(DataError, match=r"'a.mp4': the audio track covers 0.000-1.000 s of the 2.000 s of frames "
+                                        r"\(1.000 s without sound"):
+        check_audio_covers(short)
+    short.audio_span = (AUDIO_GAP_TOLERANCE / 2, 2.0)  # a gap within the tolerance is fine
+    check_audio_covers(short)

@@ -10,8 +10,11 @@ from mtv.data.flow import (
     FLOW_BOUND,
     compute_flow,
     dequantize,
+    epic_flow_numbers,
+    epic_flow_stride,
     farneback_pixels,
     quantize,
+    read_epic_flow,
     read_flow_dir,
     resize_flow,
     to_pixels,
@@ -88,3 +91,24 @@ def test_errors(tmp_path):
     cv2.imwrite(str(tmp_path / "v" / "frame_2.jpg"), np.zeros((4, 4), np.uint8))
     with pytest.raises(DataError, match="different names"):
         read_flow_dir(tmp_path)
+
+
+def test_epic_flow_numbering_and_missing_frames(tmp_path):
+    assert epic_flow_stride("P01_11") == 2 and epic_flow_stride("P01_101") == 1  # EPIC-55 / EPIC-100 videos
+    with pytest.raises(DataError, match="not an Epic-Kitchens id.*--flow_stride"):
+        epic_flow_stride("eye_makeup")
+    # Start: Epic's rule (n - 1) // stride + 1; end: the flow frame of the last RGB frame with a successor.
+    assert epic_flow_numbers(3, 7, 2) == ((3 - 1) // 2 + 1, (6 - 1) // 2 + 1)
+    assert epic_flow_numbers(143, 193, 1) == (143, 192)
+    assert epic_flow_numbers(5, 5, 1) == (5, 5)  # one frame: still one flow frame
+    for name, offset in (("u", 100), ("v", 60)):
+        (tmp_path / name).mkdir()
+        for n in range(1, 6):
+            cv2.imwrite(str(tmp_path / name / f"frame_{n:010d}.jpg"), np.full((4, 6), offset + n, np.uint8))
+    flow = read_epic_flow(tmp_path, 2, 4, as_uint8=True)
+    assert flow.shape == (3, 4, 6, 2)
+    np.testing.assert_array_equal(flow[:, 0, 0], [[102, 62], [103, 63], [104, 64]])
+    (tmp_path / "v" / "frame_0000000003.jpg").unlink()
+    with pytest.raises(DataError, match=r"flow frames 2..4 of .*: 1 of 6 u/v files are missing, e.g. "
+                                        r"'v/frame_0000000003.jpg'"):
+        read_epic_flow(tmp_path, 2, 4)

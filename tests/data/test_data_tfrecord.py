@@ -241,3 +241,57 @@ def test_file_and_config_errors(shards, tmp_path):
                      num_classes=3, modalities=("rgb", "audio"))
     with pytest.raises(DataError, match="frames must be uint8"):
         serialize_example(ClipExample(id="x", frames=np.zeros((2, 4, 4, 3), np.float32)))
+
+
+def _indexed_example(example_id: str, num: int = 12, with_audio: bool = True) -> ClipExample:
+    """Flat frames and flow whose levels name their index (RGB 10 + 20 t, flow v 100 + 8 t), noise audio."""
+    frames = np.stack([np.full((24, 32, 3), 10 + 20 * t, np.uint8) for t in range(num)])
+    flow = np.stack([np.stack([np.full((24, 32), 128), np.full((24, 32), 100 + 8 * t)], -1) for t in range(num - 1)])
+    audio = np.random.default_rng(3).standard_normal(num * 1600).astype(np.float32) * 0.1 if with_audio else None
+    return ClipExample(id=example_id, frames=frames, labels={"label": [0]}, fps=10.0, flow=flow.astype(np.uint8),
+                       audio=audio, sample_rate=16000 if with_audio else None)
+
+
+def test_train_flow_and_audio_are_those_of_the_sampled_rgb_clip(tmp_path):
+    example = _indexed_example("indexed")
+    files = write_tfrecords([example], tmp_path, name="indexed")
+    cfg = {"num_frames": 4, "stride": 2, "min_resize": 24, "crop_size": 16, "audio": {"num_frames": 30}}
+    ds = make_dataset(files, dataset_configs=cfg, is_train=True, batch_size=8, num_classes=1, seed=4,
+                      modalities=("rgb", "flow", "audio"))
+    inputs, _ = next(iter(ds))
+    starts = set()
+    for rgb, flow, spectrogram in zip(inputs["rgb"].numpy(), inputs["flow"].numpy(), inputs["audio"].numpy(),
+                                      strict=True):
+        rgb_index = np.round(((rgb.mean(axis=(1, 2, 3)) + 1) * 127.5 - 10) / 20).astype(int)
+        start = rgb_index[0]
+        starts.add(start)
+        np.testing.assert_array_equal(rgb_index, start + 2 * np.arange(4))  # the sampled clip (no wrap at 12)
+        flow_index = np.round((flow[..., 1].mean(axis=(1, 2)) * 128 + 128 - 100) / 8).astype(int)
+        # Flow frame t is the motion from RGB frame t to t + 1; the last RGB frame (11) has none and reuses 10.
+        np.testing.assert_array_equal(flow_index, np.minimum(rgb_index, 10))
+        wave = audio_lib.clip_waveform(example.audio, 16000, 10.0, rgb_index, audio_lib.AudioConfig(), 30)
+        np.testing.assert_allclose(spectrogram[..., 0], audio_lib.log_mel_spectrogram(wave).numpy(), atol=1e-3)
+    assert len(starts) > 1  # several random clips were checked, not one
+
+
+def test_records_without_a_needed_modality_are_refused_by_name(tmp_path):
+    plain = ClipExample(id="rgb-only", frames=_frames(6, 40), labels={"label": [0]})
+    files = write_tfrecords([plain], tmp_path, name="plain")
+    for is_train in (True, False):
+        with pytest.raises(DataError, match=r"record 'rgb-only' has no flow \('FORWARD_FLOW/image/encoded'\), audio "
+                                            r"\('WAVEFORM/feature/floats'\).*mtv data prepare \.\.\. --flow --audio"):
+            make_dataset(files, dataset_configs=CONFIG, is_train=is_train, batch_size=1, num_classes=1,
+                         modalities=("rgb", "flow", "audio"))
+    next(iter(make_dataset(files, dataset_configs=CONFIG, is_train=False, batch_size=1, num_classes=1)))  # RGB: fine
+
+
+def test_a_record_missing_a_modality_among_others_is_skipped_and_counted(tmp_path):
+    files = write_tfrecords([_indexed_example("with-audio"), _indexed_example("no-audio", with_audio=False)],
+                            tmp_path, name="mixed")
+    counter = SkipCounter()
+    cfg = dict(CONFIG, num_test_clips=1, do_three_spatial_crops=False, audio={"num_frames": 10})
+    ds = make_dataset(files, dataset_configs=cfg, is_train=False, batch_size=2, num_classes=1, with_ids=True,
+                      modalities=("rgb", "audio"), skip_counter=counter)
+    ids = [i.decode() for _, _, batch in ds for i in batch.numpy()]
+    assert ids == ["with-audio"] and counter.count == 1
+    assert "example 'no-audio' has no 'WAVEFORM/feature/floats' waveform" in counter.reasons[0]

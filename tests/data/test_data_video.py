@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from mtv.data.video import load_video, natural_key, read_frames_dir, read_video
+from mtv.data.video import frames_for_time_range, load_video, natural_key, read_frames_dir, read_video
 from mtv.errors import DataError
 from tests.data.synthetic import REAL_CLIPS, level_frames, write_frames_dir, write_video
 
@@ -47,6 +47,29 @@ def test_frame_range_cuts_the_audio_at_the_same_time(real_videos, videos_dir):
     assert part.audio.shape[0] == round(30 / full.fps * full.sample_rate)
     # Same sound (decoder warm-up after a seek changes samples slightly, not the waveform).
     assert np.corrcoef(part.audio[4000:], expected[4000:])[0, 1] > 0.95
+
+
+def test_range_reads_of_a_reordering_avi_match_the_full_decode(real_videos, videos_dir):
+    """This AVI's first frame is at 0.04 s and its frames come out of order: a range is still full[start:stop]."""
+    name = "eye_makeup_audio__mmaction2_test.avi"
+    full = real_videos[name]
+    part = read_video(videos_dir / name, frame_range=(50, 75))
+    np.testing.assert_array_equal(part.frames, full.frames[50:75])
+    start = round(50 / full.fps * full.sample_rate)
+    np.testing.assert_allclose(part.audio, full.audio[start:start + part.audio.shape[0]], atol=1e-6)
+    assert part.audio_span == (0.0, pytest.approx(1.0))
+    by_time = read_video(videos_dir / name, time_range=(2.0, 3.0), with_audio=False)
+    np.testing.assert_array_equal(by_time.frames, part.frames)
+    tail = read_video(videos_dir / name, frame_range=(150, 200), with_audio=False)
+    np.testing.assert_array_equal(tail.frames, full.frames[150:])
+
+
+def test_frames_for_time_range_takes_the_frames_a_span_overlaps():
+    assert frames_for_time_range((0.0, 1.89), 60.0) == (0, 114)  # frame 113 shows 1.883-1.9 s
+    assert frames_for_time_range((49.15, 50.95), 60.0) == (2949, 3057)  # 49.15 * 60 is 2948.9999... in floats
+    assert frames_for_time_range((1.0, 1.001), 25.0) == (25, 26)
+    with pytest.raises(DataError, match="0 <= t0 < t1"):
+        frames_for_time_range((2.0, 2.0), 25.0)
 
 
 def test_min_resize_shrinks_the_smaller_side(videos_dir):
