@@ -430,7 +430,7 @@ write the challenge submission.
 # Parameters (a runner such as papermill may override this cell).
 shared_dir = None  # the project's shared folder; None: $MTV_SHARED_DIR, else ../shared beside the repository
 seed = 0
-search_grid = 10  # weights k / search_grid on the simplex
+search_grid = 10  # the search tries each model's share of a head's weights at k / search_grid
 test_segments = None  # None: all test segments; a number keeps the first ones (a quick run, not submittable)
 sls_pt, sls_tl, sls_td = 0, 0, 0  # supervision levels of your models (github.com/epic-kitchens/sls): placeholders
 """, ["parameters"]),
@@ -443,7 +443,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import mtv
-from mtv.epic import ensemble
+from mtv.epic import ensemble, search
 from mtv.epic import scoring as epic
 from mtv.epic.results import read_results, write_results
 
@@ -530,21 +530,24 @@ for name, values in metrics.items():
     ("md", """
 ## 3. Search the ensemble weights on validation
 
-`mtv.epic.ensemble.search_weights` tries every weighting `k / search_grid` on the simplex and keeps the one
-with the best validation action top-1 accuracy; `fuse` averages the raw scores with those weights
-(the `mtv ensemble --search` command does both). Each single model is one of the candidates, so the
-ensemble is never worse than the best model on validation. (Searching and reporting on the same split
-flatters the ensemble a little; with real models, hold out part of the validation set if you can.)
+`mtv.epic.search.search_weights` finds separate verb and noun weights by coordinate ascent on the
+validation action top-1 accuracy (each model's share of a head's weights tried at `k / search_grid`);
+`fuse` averages the raw scores with those weights. Each single model is one of the candidates, so the
+ensemble is never worse than the best model on validation. Searching and reporting on the same split
+flatters the ensemble: `search.cross_validate` (and the `mtv ensemble --search` command) reports the
+numbers of weights searched on other parts of the validation set instead.
 """),
     ("code", """
-weights, best = ensemble.search_weights(validation, VALIDATION_CSV, grid=search_grid,
-                                        metric="all_action_accuracy_at_1", **CSVS)
-print("weights:", {name: round(float(w), 3) for name, w in zip(NAMES, weights, strict=True)},
-      f"-> validation action top-1 {best:.2f}")
+found = search.search_weights(validation, VALIDATION_CSV, grid=search_grid,
+                              metric="all_action_accuracy_at_1", **CSVS)
+weights, best = found.weights, found.score
+print("weights:", {head: {name: round(float(x), 3) for name, x in zip(NAMES, w, strict=True)}
+                   for head, w in weights.items()}, f"-> validation action top-1 {best:.2f}")
 fused = ensemble.fuse(validation, weights)
 metrics["ensemble"] = epic.compute_metrics(fused, VALIDATION_CSV, **CSVS)
 print(epic.metrics_table(metrics["ensemble"]))
-report = {"simulated": True, "weights": dict(zip(NAMES, weights.tolist(), strict=True)), "metrics": metrics}
+report = {"simulated": True, "metrics": metrics,
+          "weights": {head: dict(zip(NAMES, w.tolist(), strict=True)) for head, w in weights.items()}}
 Path("epic_metrics.json").write_text(json.dumps(report, indent=1))
 """),
     ("code", """
@@ -568,7 +571,8 @@ plt.show()
 
 The test results are fused with the validation weights, and `mtv.epic.scoring.make_submission` (the
 `mtv submission` command) writes `submission.zip` holding `test.json`: version 0.2, the challenge name,
-the supervision levels, and per segment the 97 verb and 300 noun scores plus the top-100 actions.
+the supervision levels, and per segment the 97 verb and 300 noun scores (byte for byte what the official
+`create_submission.py` writes), plus here the optional top-100 actions (`include_actions=True`).
 `expected_ids` checks that every test segment has scores. Remember: these scores are simulated, so this
 file only shows the format; do not upload it.
 """),
@@ -576,7 +580,7 @@ file only shows the format; do not upload it.
 test = [read_results(f"results/{name}_test.npz") for name in NAMES]
 fused_test = ensemble.fuse(test, weights)
 submission = epic.make_submission(fused_test, "submission.zip", sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
-                                  expected_ids=test_ids)
+                                  include_actions=True, expected_ids=test_ids)
 content = epic.read_submission(submission)
 first = next(iter(content["results"]))
 print(submission, f"{submission.stat().st_size / 1e6:.1f} MB:",

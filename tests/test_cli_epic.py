@@ -136,6 +136,12 @@ def test_ensemble_weights_and_fusion_modes(tmp_path, test_ids):
     pkl = tmp_path / "fused.pkl"
     assert cli.run(["ensemble", str(pa), str(pb), "--out", str(pkl)]) == 0
     assert read_results(pkl, allow_pickle=True).heads == ["noun", "verb"]
+    # Separate verb and noun weights.
+    per_head = ["--verb_weights", "1,3", "--noun_weights", "2,0", "--out", str(out)]
+    assert cli.run(["ensemble", str(pa), str(pb), *per_head]) == 0
+    fused = read_results(out)
+    np.testing.assert_allclose(fused.outputs["verb"], 0.25 * a["verb"] + 0.75 * b["verb"], rtol=1e-6)
+    np.testing.assert_allclose(fused.outputs["noun"], a["noun"], rtol=1e-6)
 
 
 def test_ensemble_bad_inputs_write_nothing(tmp_path, test_ids, capsys):
@@ -168,31 +174,89 @@ def test_ensemble_bad_inputs_write_nothing(tmp_path, test_ids, capsys):
     assert "only used with --search" in capsys.readouterr().err
     assert cli.run(["ensemble", str(good), "--search", "--out", str(out)]) == 1
     assert "--annotations" in capsys.readouterr().err
+    assert cli.run(["ensemble", str(good), str(good), "--verb_weights", "1,2", "--out", str(out)]) == 1
+    assert "go together" in capsys.readouterr().err
     assert _files(tmp_path) == sorted([*cases, "good.npz"])
 
 
-def test_ensemble_search_then_apply_to_test(tmp_path, epic_dir, val_files, test_ids, capsys):
+@pytest.fixture(scope="module")
+def small_val(tmp_path_factory, val_rows):
+    """600 real validation segments (whole videos), their CSV, and two threshold models' results files."""
+    videos = set(sorted({r["video_id"] for r in val_rows})[:40])
+    rows = [r for r in val_rows if r["video_id"] in videos][:600]
+    folder = tmp_path_factory.mktemp("small_val")
+    csv_path = folder / "validation.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    rng = np.random.default_rng(6)
+    verb = _threshold_pair([int(r["verb_class"]) for r in rows], 97, rng)
+    noun = _threshold_pair([int(r["noun_class"]) for r in rows], 300, rng)
+    ids = [r["narration_id"] for r in rows]
+    paths = [
+        write_results(folder / f"val_{name}.npz", ids, {"verb": verb[m], "noun": noun[m]})
+        for m, name in enumerate("ab")
+    ]
+    return csv_path, paths
+
+
+def test_ensemble_search_reports_held_out_then_applies_to_test(tmp_path, small_val, test_ids, capsys):
+    csv_path, val_files = small_val
     ta, tb = _random_epic(test_ids, 11), _random_epic(test_ids, 12)
     pa, pb = write_results(tmp_path / "ta.npz", test_ids, ta), write_results(tmp_path / "tb.npz", test_ids, tb)
     out, val_out = tmp_path / "test_fused.npz", tmp_path / "val_fused.npz"
-    args = ["ensemble", *map(str, val_files), "--search", "--annotations", str(epic_dir / "EPIC_100_validation.csv")]
+    args = ["ensemble", *map(str, val_files), "--search", "--annotations", str(csv_path), "--folds", "3"]
     assert cli.run(args + ["--apply_to", f"{pa}", "--out", str(out)]) == 1  # one test file per model
     assert "one test file per validation file" in capsys.readouterr().err
     assert cli.run(args + ["--apply_to", f"{pa},{pb}", "--out", str(out), "--val_out", str(val_out)]) == 0
     printed = capsys.readouterr().out
-    assert "weights: 0.3,0.7" in printed and "all_action_accuracy_at_1: 100.0000" in printed
+    assert printed.count("  part ") == 3 and "equal weights 50.0000, searched 100.0000" in printed
+    assert "held-out all_action_accuracy_at_1: 100.0000 (equal weights 50.0000, gain +50.0000)" in printed
+    assert "--verb_weights 0.3,0.7 --noun_weights 0.3,0.7" in printed
     fused = read_results(out)
     np.testing.assert_allclose(fused.outputs["verb"], 0.3 * ta["verb"] + 0.7 * tb["verb"], rtol=1e-6)
-    val = read_results(val_out)
-    metrics = epic.compute_metrics(val, epic_dir / "EPIC_100_validation.csv")
-    assert metrics["all_action_accuracy_at_1"] == 100.0
+    # --val_out holds the held-out fusion: scoring it gives the printed held-out number.
+    assert cli.run(["epic-score", str(val_out), "--annotations", str(csv_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["all_action_accuracy_at_1"] == 100.0
+
+
+def test_truncated_results_are_named_errors(tmp_path, small_val, capsys):
+    csv_path, val_files = small_val
+    cut = tmp_path / "cut.npz"
+    data = val_files[0].read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    out = tmp_path / "fused.npz"
+    for args in (
+        ["epic-score", str(cut), "--annotations", str(csv_path)],
+        ["ensemble", str(val_files[1]), str(cut), "--out", str(out)],
+        ["ensemble", str(val_files[1]), str(cut), "--search", "--annotations", str(csv_path), "--out", str(out)],
+        ["submission", str(cut), "--out", str(out), "--sls_pt", "1", "--sls_tl", "1", "--sls_td", "1"],
+    ):
+        assert cli.run(args) == 1, args
+        err = capsys.readouterr().err
+        assert f"'{cut}' is not a readable .npz archive (truncated or corrupt? BadZipFile" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.npz"]
 
 
 def test_submission_command(tmp_path, epic_dir, test_ids, capsys):
     fused = write_results(tmp_path / "fused.npz", test_ids, _random_epic(test_ids, 4))
     out = tmp_path / "submission.zip"
     sls = ["--sls_pt", "2", "--sls_tl", "3", "--sls_td", "4"]
-    assert cli.run(["submission", str(fused), "--out", str(out), *sls]) == 0
+    # Without --test_timestamps the file must score every one of the 13,092 test segments.
+    assert cli.run(["submission", str(fused), "--out", str(out), *sls]) == 1
+    assert "scores 25 segments but the EPIC-100 test set has 13092: 13067 test segment(s) are missing" in (
+        capsys.readouterr().err
+    )
+    timestamps = ["--test_timestamps", str(epic_dir / "EPIC_100_test_timestamps.csv")]
+    assert cli.run(["submission", str(fused), "--out", str(out), *sls, *timestamps]) == 1
+    assert "13067 test segment(s) have no scores" in capsys.readouterr().err
+    assert not out.exists()
+    # A timestamps CSV of exactly these segments (a stand-in for the full test set).
+    subset = tmp_path / "timestamps.csv"
+    subset.write_text("narration_id\n" + "\n".join(test_ids) + "\n")
+    ours = ["--test_timestamps", str(subset)]
+    assert cli.run(["submission", str(fused), "--out", str(out), *sls, *ours]) == 0
     sub = epic.read_submission(out)
     assert (sub["version"], sub["challenge"], sub["sls_pt"], sub["sls_tl"], sub["sls_td"]) == (
         "0.2",
@@ -203,19 +267,18 @@ def test_submission_command(tmp_path, epic_dir, test_ids, capsys):
     )
     assert list(sub["results"]) == test_ids
     assert {len(e["verb"]) for e in sub["results"].values()} == {97}
-    assert {len(e["action"]) for e in sub["results"].values()} == {100}
+    assert all(set(e) == {"verb", "noun"} for e in sub["results"].values())  # as the official writer
+    assert cli.run(["submission", str(fused), "--out", str(out), *sls, *ours, "--actions"]) == 0
+    assert {len(e["action"]) for e in epic.read_submission(out)["results"].values()} == {100}
     out.unlink()
     # Bad inputs: nothing is written.
-    timestamps = ["--test_timestamps", str(epic_dir / "EPIC_100_test_timestamps.csv")]
-    assert cli.run(["submission", str(fused), "--out", str(out), *sls, *timestamps]) == 1
-    assert "13067 test segment(s) have no scores" in capsys.readouterr().err
     assert cli.run(["submission", str(fused), "--out", str(out), "--sls_pt", "2", "--sls_tl", "3"]) == 2
     assert cli.run(["submission", str(fused), "--out", str(out), *sls[:-1], "9"]) == 2
     pkl = write_epic_pickle(tmp_path / "fused.pkl", read_results(fused))
-    assert cli.run(["submission", str(pkl), "--out", str(out), *sls]) == 1
+    assert cli.run(["submission", str(pkl), "--out", str(out), *sls, *ours]) == 1
     assert "--allow_pickle" in capsys.readouterr().err
     assert not out.exists()
-    assert cli.run(["submission", str(pkl), "--out", str(out), *sls, "--allow_pickle", "--noactions"]) == 0
+    assert cli.run(["submission", str(pkl), "--out", str(out), *sls, *ours, "--allow_pickle"]) == 0
     assert "action" not in next(iter(epic.read_submission(out)["results"].values()))
 
 

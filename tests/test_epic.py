@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import zipfile
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from mtv.epic import scoring as epic
-from mtv.epic.results import validate
+from mtv.epic.results import raw_scores, validate
 from mtv.errors import ConfigError, DataError, ResultsError
+from mtv.utils.numeric import top_k
 
 # Top-3 raw scores the construction puts at ranks 1, 2, 3; every other class scores in [-5, 0).
 # Action sums (verb rank, noun rank) -> 20 (1,1), 19.1 (1,2), 18.6 (2,1), 18.1 (1,3), 17.7 (2,2),
@@ -277,7 +279,9 @@ def _test_results(ids, seed=0, kind="logits"):
 def test_submission_zip_contents(tmp_path, test_ids):
     ids = test_ids[:20]
     r = _test_results(ids)
-    out = epic.make_submission(r, tmp_path / "sub.zip", sls_pt=2, sls_tl=3, sls_td=4)
+    out = epic.make_submission(
+        r, tmp_path / "sub.zip", sls_pt=2, sls_tl=3, sls_td=4, include_actions=True, expected_ids=ids
+    )
     with zipfile.ZipFile(out) as zf:
         assert zf.namelist() == ["test.json"]
     sub = epic.read_submission(out)
@@ -306,7 +310,9 @@ def test_submission_zip_contents(tmp_path, test_ids):
 
 def test_submission_of_probabilities_writes_log_probabilities(tmp_path, test_ids):
     r = _test_results(test_ids[:3], seed=1, kind="probabilities")
-    sub = epic.read_submission(epic.make_submission(r, tmp_path / "p.zip", sls_pt=0, sls_tl=0, sls_td=0))
+    sub = epic.read_submission(
+        epic.make_submission(r, tmp_path / "p.zip", sls_pt=0, sls_tl=0, sls_td=0, allow_partial=True)
+    )
     raw = np.array([sub["results"][test_ids[0]]["noun"][str(c)] for c in range(300)])
     recovered = np.exp(raw) / np.exp(raw).sum()  # what the server's softmax sees
     np.testing.assert_allclose(recovered, r.outputs["noun"][0], rtol=1e-9)
@@ -326,3 +332,81 @@ def test_submission_checks_test_ids_and_writes_nothing_on_error(tmp_path, test_i
     with pytest.raises(ResultsError, match="no 'noun_output'"):
         epic.make_submission(validate(test_ids[:2], {"verb": np.zeros((2, 97))}), out, sls_pt=2, sls_tl=3, sls_td=4)
     assert list(tmp_path.iterdir()) == []
+
+
+def _official_test_json(verb, noun, ids, sls) -> bytes:
+    """test.json as C1-Action-Recognition's create_submission.py builds it (utils/challenge.py, d125b92):
+    str(class) -> float(score) dicts per segment under str(narration_id), then json.dumps defaults."""
+    results = {}
+    for v, n, nid in zip(verb, noun, ids, strict=True):
+        results[str(nid)] = {
+            "verb": {str(i): float(x) for i, x in enumerate(v)},
+            "noun": {str(i): float(x) for i, x in enumerate(n)},
+        }
+    submission = {"version": "0.2", "challenge": "action_recognition", "sls_pt": sls[0], "sls_tl": sls[1],
+                  "sls_td": sls[2], "results": results}
+    return json.dumps(submission).encode("utf-8")
+
+
+def test_default_submission_is_byte_identical_to_the_official_writer(tmp_path, test_ids):
+    ids = np.array(test_ids[:30])  # numpy str ids, as the official results files hold them
+    rng = np.random.default_rng(11)
+    verb = rng.normal(size=(30, 97)).astype(np.float32) * 5
+    noun = rng.normal(size=(30, 300)).astype(np.float32) * 5
+    verb[0, :4] = [1e-8, -0.0, 1e6, 123456.78]  # float formats: exponent, negative zero, big, many digits
+    noun[1, :2] = [np.float32(0.1), -3.4028235e38]
+    r = validate(ids, {"verb": verb, "noun": noun})
+    out = epic.make_submission(r, tmp_path / "sub.zip", sls_pt=2, sls_tl=3, sls_td=4, expected_ids=ids.tolist())
+    with zipfile.ZipFile(out) as zf:
+        assert zf.namelist() == ["test.json"]
+        assert zf.getinfo("test.json").compress_type == zipfile.ZIP_DEFLATED
+        written = zf.read("test.json")
+    assert written == _official_test_json(verb, noun, ids, (2, 3, 4))
+    assert all(set(e) == {"verb", "noun"} for e in json.loads(written)["results"].values())  # no "action"
+    # The opt-in action scores are the only difference.
+    with_actions = epic.read_submission(epic.make_submission(
+        r, tmp_path / "a.zip", sls_pt=2, sls_tl=3, sls_td=4, expected_ids=ids.tolist(), include_actions=True
+    ))
+    official = json.loads(written)
+    for nid, entry in with_actions["results"].items():
+        assert len(entry.pop("action")) == 100
+        assert entry == official["results"][nid]
+
+
+def test_submission_without_test_ids_needs_every_test_segment(tmp_path, test_ids, monkeypatch):
+    r = _test_results(test_ids[:10])
+    out = tmp_path / "sub.zip"
+    with pytest.raises(ResultsError, match=r"scores 10 segments but the EPIC-100 test set has 13092: 13082 test "
+                                           r"segment\(s\) are missing.*--test_timestamps"):
+        epic.make_submission(r, out, sls_pt=2, sls_tl=3, sls_td=4)
+    assert not out.exists()
+    epic.make_submission(r, out, sls_pt=2, sls_tl=3, sls_td=4, allow_partial=True)  # a dry run, on request
+    assert len(epic.read_submission(out)["results"]) == 10
+    # The count is the rule: a file with exactly TEST_SEGMENTS segments passes (a smaller stand-in here,
+    # as writing all 13,092 takes ~10 s), one more or one fewer does not.
+    monkeypatch.setattr(epic, "TEST_SEGMENTS", 10)
+    epic.make_submission(r, tmp_path / "ten.zip", sls_pt=2, sls_tl=3, sls_td=4)
+    with pytest.raises(ResultsError, match="1 test segment"):
+        epic.make_submission(r.take(np.arange(9)), tmp_path / "nine.zip", sls_pt=2, sls_tl=3, sls_td=4)
+    monkeypatch.setattr(epic, "TEST_SEGMENTS", 9)
+    with pytest.raises(ResultsError, match="1 more than there are test segments"):
+        epic.make_submission(r, tmp_path / "eleven.zip", sls_pt=2, sls_tl=3, sls_td=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub.zip", "ten.zip"]
+
+
+def test_tie_break_rule():
+    """Documented in mtv.epic.scoring: equal scores rank the lower class index first; equal action
+    scores the better-ranked verb, then the better-ranked noun."""
+    verb = np.array([[0.0, 2.0, 2.0, 1.0]])  # verbs 1 and 2 tie
+    noun = np.array([[5.0, 0.0, 5.0]])  # nouns 0 and 2 tie
+    verbs, nouns, probs = epic.action_scores(verb, noun, top_n=4)
+    assert verbs.tolist() == [[1, 1, 2, 2]] and nouns.tolist() == [[0, 2, 0, 2]]
+    assert len(set(np.round(probs[0], 12))) == 1  # four equal action scores
+    # The metrics follow the same order: the tied verb 2 is second, so only top-5 counts it.
+    r = validate(["P01_01_0"], {"verb": np.pad(verb, ((0, 0), (0, 93))), "noun": np.pad(noun, ((0, 0), (0, 297)))})
+    labels = epic.SegmentLabels(verb=np.array([2]), noun=np.array([2]), action=epic.action_id([2], [2]),
+                                subsets={})
+    got = epic.EpicScorer.metrics_from_tops(top_k(raw_scores(r, "verb"), 5), top_k(raw_scores(r, "noun"), 5), labels)
+    assert (got["all_verb_accuracy_at_1"], got["all_verb_accuracy_at_5"]) == (0.0, 100.0)
+    assert (got["all_noun_accuracy_at_1"], got["all_action_accuracy_at_1"], got["all_action_accuracy_at_5"]) == (
+        0.0, 0.0, 100.0)

@@ -200,3 +200,45 @@ def test_take_reorders_every_array():
     t = r.take(np.array([2, 0]))
     assert t.ids.tolist() == ["c", "a"]
     np.testing.assert_array_equal(t.outputs["logits"], [[4.0, 5.0], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+def test_truncated_or_corrupt_npz_is_a_named_error(tmp_path, damage):
+    ids, outputs = _epic(6)
+    path = res.write_results(tmp_path / "scores.npz", ids, outputs)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":  # e.g. a copy cut short: the zip directory at the end is gone
+        data = data[: len(data) // 2]
+    else:  # flipped bytes inside the stored noun array: the member's CRC no longer matches
+        start = data.index(b"noun_output.npy") + 200
+        data[start : start + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ResultsError, match=r"'.*scores\.npz' is not a readable \.npz archive \(truncated or corrupt"):
+        res.read_results(path)
+
+
+def test_truncated_pickle_is_a_named_error(tmp_path):
+    ids, outputs = _epic(3)
+    path = res.write_epic_pickle(tmp_path / "scores.pkl", res.validate(ids, outputs))
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ResultsError, match=r"scores\.pkl' could not be unpickled \(truncated or corrupt"):
+        res.read_results(path, allow_pickle=True)
+
+
+def test_pickled_probabilities_are_log_probabilities(tmp_path):
+    """The official layout has no score kind and the official tools softmax what they read."""
+    ids, outputs = _epic(4)
+    probs = {h: np.exp(v) / np.exp(v).sum(axis=1, keepdims=True) for h, v in outputs.items()}
+    r = res.validate(ids, probs, "probabilities")
+    path = res.write_epic_pickle(tmp_path / "p.pkl", r)
+    with open(path, "rb") as f:
+        raw = pickle.load(f)
+    for head in ("verb", "noun"):
+        softmaxed = np.exp(raw[f"{head}_output"]) / np.exp(raw[f"{head}_output"]).sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(softmaxed, probs[head], rtol=1e-6)  # float32 rows sum to 1 +- 1e-7
+    # Logits keep their dtype, so the .pkl ranks exactly as the .npz does.
+    logits = res.write_epic_pickle(tmp_path / "l.pkl", res.validate(ids, outputs))
+    with open(logits, "rb") as f:
+        raw = pickle.load(f)
+    assert raw["verb_output"].dtype == np.float32 and raw["noun_output"].dtype == np.float64
+    np.testing.assert_array_equal(raw["noun_output"], outputs["noun"])

@@ -1,1 +1,1 @@
-"""Epic-Kitchens-100: scoring, results files, ensembling and challenge submissions."""
+"""Epic-Kitchens-100: scoring, results files, ensembling (fusion, weight search) and challenge submissions."""

@@ -14,7 +14,12 @@ Our format is a numpy `.npz` archive (no pickles inside) with these keys:
 The official tools' own format, a pickled dict `{'verb_output': [N, 97], 'noun_output': [N, 300],
 'narration_id': [N]}` or a pickled list of such dicts, one per segment, is written by
 `write_epic_pickle` and read by `read_results(..., allow_pickle=True)`. Unpickling can run arbitrary
-code, so `.pkl` files are only read when the caller opts in.
+code, so `.pkl` files are only read when the caller opts in. That layout has no score kind: the official
+tools treat every score as a raw (pre-softmax) score, so probabilities are pickled as log-probabilities
+(float64), whose softmax is the probabilities again. A probability-mode `.npz` and its `.pkl` therefore
+score identically, with our scorer and with the official one.
+
+A truncated or corrupt file is refused with a ResultsError naming it (never a zipfile/pickle traceback).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,6 +44,10 @@ OUTPUT_SUFFIX = "_output"
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 _ZIP_MAGIC = b"PK\x03\x04"
 _SHOW = 5  # how many offending ids an error message lists
+PROBABILITY_FLOOR = 1e-30  # probabilities are clipped here before the log, so a zero probability stays finite
+# What a damaged .npz raises inside np.load: truncated (BadZipFile, EOFError), bad CRC (BadZipFile), bad
+# deflate stream (zlib.error), mangled .npy header (ValueError, SyntaxError), missing member (KeyError).
+_NPZ_ERRORS = (ValueError, OSError, EOFError, KeyError, SyntaxError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +76,14 @@ class Results:
     def describe(self) -> str:
         """A short name for messages: the source file, or 'results'."""
         return f"'{self.source}'" if self.source else "results"
+
+
+def raw_scores(results: Results, head: str) -> np.ndarray:
+    """The head's scores as raw (pre-softmax) float64 scores: logits as given, probabilities as log-probs."""
+    scores = np.asarray(results.outputs[head], np.float64)
+    if results.score_kind == "probabilities":
+        return np.log(np.maximum(scores, PROBABILITY_FLOOR))
+    return scores
 
 
 def _few(items, n: int = _SHOW) -> str:
@@ -171,7 +190,11 @@ def save(path: str | os.PathLike, results: Results) -> Path:
 
 
 def write_epic_pickle(path: str | os.PathLike, results: Results) -> Path:
-    """Pickles the official C1-Action-Recognition dict layout (verb_output, noun_output, narration_id)."""
+    """Pickles the official C1-Action-Recognition dict layout (verb_output, noun_output, narration_id).
+
+    Raw scores keep their dtype (a float32 -> float64 change could reorder near ties between the .npz and
+    the .pkl); probabilities become float64 log-probabilities, as the layout can only hold raw scores.
+    """
     path = Path(path)
     results = validate(results.ids, results.outputs, results.score_kind, source=str(path))
     missing = [h for h in ("verb", "noun") if h not in results.outputs]
@@ -180,11 +203,11 @@ def write_epic_pickle(path: str | os.PathLike, results: Results) -> Path:
             f"'{path}': the Epic-Kitchens pickle needs verb and noun scores; missing {missing} "
             f"(have heads {results.heads})"
         )
-    payload = {
-        "verb_output": np.asarray(results.outputs["verb"], np.float32),
-        "noun_output": np.asarray(results.outputs["noun"], np.float32),
-        "narration_id": np.asarray(results.ids),
-    }
+    if results.score_kind == "probabilities":
+        verb, noun = raw_scores(results, "verb"), raw_scores(results, "noun")
+    else:
+        verb, noun = results.outputs["verb"], results.outputs["noun"]
+    payload = {"verb_output": verb, "noun_output": noun, "narration_id": np.asarray(results.ids)}
     with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
     return path
@@ -223,12 +246,19 @@ def _read_npz(path: Path, allow_pickle: bool) -> tuple[dict[str, np.ndarray], st
                 f"{where} stores object arrays, which need unpickling; re-save ids as str arrays, "
                 "or pass --allow_pickle (allow_pickle=True) if you trust the file"
             ) from None
-        raise ResultsError(f"{where} is not a readable .npz archive: {e}") from None
-    except (OSError, EOFError) as e:
-        raise ResultsError(f"{where} is not a readable .npz archive: {e}") from None
+        raise _damaged(where, e) from None
+    except _NPZ_ERRORS as e:
+        raise _damaged(where, e) from None
     kind = arrays.pop("score_kind", np.asarray("logits"))
     kind = str(kind.item() if kind.ndim == 0 else kind)
     return arrays, kind
+
+
+def _damaged(where: str, error: BaseException) -> ResultsError:
+    return ResultsError(
+        f"{where} is not a readable .npz archive (truncated or corrupt? {type(error).__name__}: {error}); "
+        "write it again"
+    )
 
 
 def _read_pickle(path: Path) -> dict[str, np.ndarray]:
@@ -237,7 +267,9 @@ def _read_pickle(path: Path) -> dict[str, np.ndarray]:
         with open(path, "rb") as f:
             data = pickle.load(f)
     except Exception as e:  # any unpickling failure means a bad file to the user
-        raise ResultsError(f"{where} could not be unpickled: {type(e).__name__}: {e}") from None
+        raise ResultsError(
+            f"{where} could not be unpickled (truncated or corrupt? {type(e).__name__}: {e})"
+        ) from None
     if isinstance(data, list):
         # List layout: one dict per segment.
         if not data or not all(isinstance(r, Mapping) for r in data):

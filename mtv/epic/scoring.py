@@ -1,7 +1,8 @@
 """Epic-Kitchens-100 action recognition: action scores, the official metrics, challenge submissions.
 
-Semantics follow `evaluate.py` / `create_submission.py` of epic-kitchens/C1-Action-Recognition (read for
-the facts, code written here):
+Semantics follow `evaluate.py`, `create_submission.py`, `utils/scoring.py` and `utils/challenge.py` of
+github.com/epic-kitchens/C1-Action-Recognition (read at commits 2c568d7 (evaluate.py), 3cfded7
+(create_submission.py) and d125b92 (utils/); the facts only, the code is written here):
 
 - Action scores: per segment take the top-100 verb and top-100 noun raw scores, softmax each of the two
   lists, take the outer product and keep the top-100 (verb, noun) pairs; action id = verb * 1000 + noun.
@@ -12,14 +13,25 @@ the facts, code written here):
   `tail_*` and `unseen_*` at k = 1 only. Tail verb/noun use the segments whose verb/noun class is in the
   tail list; tail action uses the segments whose verb OR noun class is a tail class. Unseen uses the
   segments of the unseen participants. Values are percentages.
-- Submission: a zip holding `test.json` = {"version": "0.2", "challenge", "sls_pt", "sls_tl", "sls_td",
-  "results": {narration_id: {"verb": {"0": s, ..., "96": s}, "noun": {"0": s, ..., "299": s}}}} with
-  raw scores (the server applies softmax). We also add the optional per-segment "action" object of exactly
-  100 "verb,noun" keys with our action probabilities, as the EPIC-Kitchens submission format documents
-  (epic-kitchens-55-lib docs/source/submission_format.md).
+- Submission: a zip (deflate, level 5) holding `test.json` = {"version": "0.2", "challenge", "sls_pt",
+  "sls_tl", "sls_td", "results": {narration_id: {"verb": {"0": s, ..., "96": s}, "noun": {"0": s, ...,
+  "299": s}}}} with raw scores (the server applies softmax), serialised as `json.dumps` does by default
+  (", " and ": " separators, floats as Python's repr of float(score)). By default our `test.json` is
+  byte for byte what `create_submission.py` writes for the same scores and ids. The per-segment "action"
+  object (100 "verb,noun" keys with our action probabilities, from the EPIC-Kitchens-55 submission format,
+  epic-kitchens-55-lib docs/source/submission_format.md) is opt-in: the official writer does not add it.
+- Without the test ids (EPIC_100_test_timestamps.csv) a submission must hold exactly TEST_SEGMENTS
+  (13,092) segments; with them, exactly those ids.
+
+Ties (equal scores). Verbs and nouns: the lower class index ranks first. Actions: between equal
+probabilities, the pair with the better-ranked verb first, then the better-ranked noun (row-major over the
+top-verb x top-noun lists). The official code sorts with numpy's default `argsort` reversed; that sort is
+not stable, so its order between exactly equal scores is unspecified (it may depend on the numpy build),
+and a top-k accuracy can differ from ours only on a segment whose true class ties at the cut-off.
 
 Results whose score_kind is 'probabilities' are turned into log-probabilities wherever raw scores are
-needed, so the softmax recovers the given probabilities and actions rank by their product.
+needed, so the softmax recovers the given probabilities and actions rank by their product; they are
+written to submissions and official pickles that way, so every path ranks them alike.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtv.epic.results import Results, read_results
+from mtv.epic.results import Results, raw_scores, read_results
 from mtv.errors import ConfigError, DataError, ResultsError
 from mtv.utils.fileio import atomic_path, writing
 from mtv.utils.numeric import softmax, top_k
@@ -44,11 +56,11 @@ VERB_CLASSES = 97
 NOUN_CLASSES = 300
 ACTION_VERB_MULTIPLIER = 1000  # action id = verb * 1000 + noun (C1-Action-Recognition utils/actions.py)
 TOP_N = 100
+TEST_SEGMENTS = 13092  # rows of EPIC_100_test_timestamps.csv: the segments a submission must score
 SUBMISSION_VERSION = "0.2"
 CHALLENGES = ("action_recognition", "action_anticipation")
 SLS_RANGE = range(0, 6)  # Supervision levels 0..5, see github.com/epic-kitchens/sls
 _SHOW = 5
-_TINY = 1e-30
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +68,6 @@ log = logging.getLogger(__name__)
 def action_id(verb, noun):
     """Action id of a (verb, noun) pair: verb * 1000 + noun (works on ints and arrays)."""
     return np.asarray(verb) * ACTION_VERB_MULTIPLIER + np.asarray(noun)
-
-
-def raw_scores(results: Results, head: str) -> np.ndarray:
-    """The head's scores as raw (pre-softmax) float64 scores: logits as given, probabilities as log-probs."""
-    scores = np.asarray(results.outputs[head], np.float64)
-    if results.score_kind == "probabilities":
-        return np.log(np.maximum(scores, _TINY))
-    return scores
 
 
 def action_scores(
@@ -171,11 +175,22 @@ def read_narration_ids(path: str | os.PathLike) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Labels:
+class SegmentLabels:
+    """Ground truth joined to a results set's rows: classes and the metric subsets' masks."""
+
     verb: np.ndarray
     noun: np.ndarray
     action: np.ndarray
     subsets: dict[str, np.ndarray]  # metric name -> boolean mask over segments
+
+    def take(self, index: np.ndarray) -> SegmentLabels:
+        """These labels restricted/reordered to the rows `index` (e.g. one fold)."""
+        return SegmentLabels(
+            verb=self.verb[index],
+            noun=self.noun[index],
+            action=self.action[index],
+            subsets={name: mask[index] for name, mask in self.subsets.items()},
+        )
 
 
 def _strs(ids) -> list[str]:
@@ -242,7 +257,7 @@ class EpicScorer:
             tail_sources=(str(tail_verb_classes_csv), str(tail_noun_classes_csv)),
         )
 
-    def labels_for(self, results: Results) -> _Labels:
+    def labels_for(self, results: Results) -> SegmentLabels:
         """Joins annotations to the results' ids; missing or extra ids are an error."""
         ann = self.annotations
         rows = np.array([self._index.get(i, -1) for i in results.ids])
@@ -268,9 +283,9 @@ class EpicScorer:
                     subsets[f"unseen_{task}"] = unseen
             else:
                 log.warning("There are no unseen segments to evaluate; unseen_* metrics are left out")
-        return _Labels(verb=verb, noun=noun, action=action_id(verb, noun), subsets=subsets)
+        return SegmentLabels(verb=verb, noun=noun, action=action_id(verb, noun), subsets=subsets)
 
-    def metrics(self, results: Results, labels: _Labels | None = None) -> dict[str, float]:
+    def metrics(self, results: Results, labels: SegmentLabels | None = None) -> dict[str, float]:
         """Official metric names -> percentages, in the official order."""
         for head, n in (("verb", VERB_CLASSES), ("noun", NOUN_CLASSES)):
             if head not in results.outputs:
@@ -287,19 +302,29 @@ class EpicScorer:
         verb_raw, noun_raw = raw_scores(results, "verb"), raw_scores(results, "noun")
         # Only top-1/top-5 are reported, and the top-5 actions always come from the top-5 verbs and nouns,
         # so ranking the top 5 here equals the first 5 of the official top-100 list.
-        verb_top, noun_top = top_k(verb_raw, 5), top_k(noun_raw, 5)
-        verbs, nouns, _ = _actions_from_tops(verb_top, noun_top, 5)
-        ranked = {"verb": verb_top[0], "noun": noun_top[0], "action": action_id(verbs, nouns)}
+        return self.metrics_from_tops(top_k(verb_raw, 5), top_k(noun_raw, 5), labels)
+
+    @staticmethod
+    def metrics_from_tops(verb_top, noun_top, labels: SegmentLabels) -> dict[str, float]:
+        """The metrics from each segment's sorted top verbs and nouns (`top_k` output) and its labels.
+
+        With k = 5 columns every metric is computed; with k = 1 only the top-1 ones (a fast path for the
+        weight search). A subset with no segment (possible in one fold) is left out.
+        """
+        k = min(verb_top[0].shape[1], noun_top[0].shape[1])
+        verbs, nouns, _ = _actions_from_tops(verb_top, noun_top, k)
+        ranked = {"verb": verb_top[0][:, :k], "noun": noun_top[0][:, :k], "action": action_id(verbs, nouns)}
         truth = {"verb": labels.verb, "noun": labels.noun, "action": labels.action}
         hits = {task: ranked[task] == truth[task][:, None] for task in ranked}
         out: dict[str, float] = {}
         for task in ("verb", "noun", "action"):
-            for k in (1, 5):
-                out[f"all_{task}_accuracy_at_{k}"] = _percent(hits[task][:, :k].any(axis=1))
+            for at in (1, 5):
+                if at <= k:
+                    out[f"all_{task}_accuracy_at_{at}"] = _percent(hits[task][:, :at].any(axis=1))
         for split in ("tail", "unseen"):
             for task in ("verb", "noun", "action"):
                 mask = labels.subsets.get(f"{split}_{task}")
-                if mask is not None:
+                if mask is not None and mask.any():
                     out[f"{split}_{task}_accuracy_at_1"] = _percent(hits[task][mask, 0])
         return out
 
@@ -332,7 +357,32 @@ def compute_metrics(
 
 
 def _scores_object(values: np.ndarray) -> str:
+    # As utils/challenge.py's make_scores_dict: keys str(class), values float(score), json.dumps defaults.
     return json.dumps({str(c): float(s) for c, s in enumerate(values)})
+
+
+def _check_test_ids(results: Results, expected_ids: Sequence[str] | None, allow_partial: bool) -> None:
+    """The results must score exactly the test segments: the given ids, or else TEST_SEGMENTS of them."""
+    if expected_ids is not None:
+        have, want = set(results.ids.tolist()), {str(i) for i in expected_ids}
+        missing, extra = sorted(want - have), sorted(have - want)
+        if missing or extra:
+            msg = []
+            if missing:
+                msg.append(f"{len(missing)} test segment(s) have no scores, e.g. {missing[:_SHOW]}")
+            if extra:
+                msg.append(f"{len(extra)} id(s) are not test segments, e.g. {extra[:_SHOW]}")
+            raise ResultsError(f"{results.describe()}: " + "; ".join(msg))
+        return
+    if allow_partial or len(results) == TEST_SEGMENTS:
+        return
+    gap = TEST_SEGMENTS - len(results)
+    what = f"{gap} test segment(s) are missing" if gap > 0 else f"{-gap} more than there are test segments"
+    raise ResultsError(
+        f"{results.describe()} scores {len(results)} segments but the EPIC-100 test set has {TEST_SEGMENTS}: "
+        f"{what}. Score every segment of EPIC_100_test_timestamps.csv (pass it as --test_timestamps to check "
+        "the ids themselves)"
+    )
 
 
 def make_submission(
@@ -343,10 +393,17 @@ def make_submission(
     sls_tl: int,
     sls_td: int,
     challenge: str = "action_recognition",
-    include_actions: bool = True,
+    include_actions: bool = False,
     expected_ids: Sequence[str] | None = None,
+    allow_partial: bool = False,
 ) -> Path:
-    """Writes the challenge zip (`test.json`, version 0.2) atomically; returns its path."""
+    """Writes the challenge zip (`test.json`, version 0.2) atomically; returns its path.
+
+    By default `test.json` is byte-identical to the official `create_submission.py` output for the same
+    scores and ids (see the module doc); `include_actions` adds the top-100 "verb,noun" action scores.
+    The results must cover `expected_ids` exactly, or, without them, hold TEST_SEGMENTS segments
+    (`allow_partial` lifts that for a dry run: the server would reject such a file).
+    """
     if not isinstance(results, Results):
         results = read_results(results)
     out_zip = Path(out_zip)
@@ -363,16 +420,7 @@ def make_submission(
             )
         if results.outputs[head].shape[1] != n:
             raise ResultsError(f"{results.describe()}: '{head}_output' must have {n} classes")
-    if expected_ids is not None:
-        have, want = set(results.ids.tolist()), {str(i) for i in expected_ids}
-        missing, extra = sorted(want - have), sorted(have - want)
-        if missing or extra:
-            msg = []
-            if missing:
-                msg.append(f"{len(missing)} test segment(s) have no scores, e.g. {missing[:_SHOW]}")
-            if extra:
-                msg.append(f"{len(extra)} id(s) are not test segments, e.g. {extra[:_SHOW]}")
-            raise ResultsError(f"{results.describe()}: " + "; ".join(msg))
+    _check_test_ids(results, expected_ids, allow_partial)
     verb_raw, noun_raw = raw_scores(results, "verb"), raw_scores(results, "noun")
     if include_actions:
         verbs, nouns, probs = action_scores(verb_raw, noun_raw, top_n=TOP_N)
@@ -385,7 +433,8 @@ def make_submission(
     }
     with writing(out_zip), atomic_path(out_zip) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5) as zf:
-            # Streamed segment by segment: the full test set is ~6.5M numbers.
+            # Streamed segment by segment (the full test set is ~5.2M numbers), in exactly the bytes that
+            # json.dumps(submission_dict) gives for the official dict (key order as utils/challenge.py).
             with zf.open("test.json", "w") as f:
                 f.write(json.dumps(header)[:-1].encode() + b', "results": {')
                 for n, nid in enumerate(results.ids):
