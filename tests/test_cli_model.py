@@ -44,7 +44,9 @@ def test_convert_to_preset_and_back_to_scenic(tmp_path, capsys):
 def test_export_command_writes_a_servable_model(tmp_path, capsys):
     args = ["export", str(FIXTURE / "params.npz"), str(tmp_path / "saved"), "--config", str(FIXTURE / "config.json")]
     assert run(args) == 0
-    assert "serving_default" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "signature serving_default(frames)" in out and "signature serving_uint8(frames)" in out
+    assert "function alias tpu_candidate: serving_default" in out
     out = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"](
         frames=tf.constant(fixture_input())
     )

@@ -13,7 +13,7 @@ import mtv
 from mtv.data.preprocessor import VideoPreprocessor
 from mtv.data.transforms import video_to_eval_views
 from mtv.errors import ExportError
-from mtv.io.hub import make_hub_tarball
+from mtv.io.hub import TPU_ALIAS, function_aliases, make_hub_tarball
 from tests.conftest import needs_shared
 from tests.helpers import FIXTURE, fixture_input, fixture_model, serve_directory
 
@@ -42,6 +42,9 @@ def test_signatures_match_keras_model(exported):
     # dynamic batch
     one = loaded.signatures["serving_default"](frames=tf.constant(x[:1]))["logits"].numpy()
     np.testing.assert_allclose(one, LOGITS[:1], atol=1e-5)
+    # The model function is recorded for TPU inference converters, as TF Model Garden's exporters do.
+    assert function_aliases(path) and set(function_aliases(path).values()) == {TPU_ALIAS}
+    assert not _xla_compiled(path)
 
 
 def test_uint8_signature_gives_the_evaluation_centre_view(tmp_path):
@@ -101,10 +104,21 @@ def test_export_refuses_non_empty_dir_and_bad_dtype(tmp_path):
     assert not (tmp_path / "x.tar.gz").exists()
 
 
+def _xla_compiled(path) -> bool:
+    """Whether any function of the SavedModel carries `_XlaMustCompile = true` (a jit_compile=True tf.function)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    return any(f.attr["_XlaMustCompile"].b for g in proto.meta_graphs for f in g.graph_def.library.function
+               if "_XlaMustCompile" in f.attr)
+
+
 def test_xla_and_bfloat16_exports(tmp_path):
     model = fixture_model()
     x = tf.constant(fixture_input())
-    xla = tf.saved_model.load(str(mtv.export(model, tmp_path / "xla", xla=True, uint8_signature=False)))
+    xla_path = mtv.export(model, tmp_path / "xla", xla=True, uint8_signature=False)
+    assert _xla_compiled(xla_path)  # Keras' ExportArchive alone drops jit_compile on TensorFlow
+    xla = tf.saved_model.load(str(xla_path))
     np.testing.assert_allclose(xla.signatures["serving_default"](frames=x)["logits"].numpy(), LOGITS, atol=1e-4)
     bf = tf.saved_model.load(str(mtv.export(model, tmp_path / "bf16", dtype="bfloat16", uint8_signature=False)))
     got = bf.signatures["serving_default"](frames=x)["logits"].numpy()
