@@ -1,4 +1,8 @@
-"""`mtv evaluate --data=PATTERN (--checkpoint=... --config=... | --model=HANDLE) --out=results.npz`."""
+"""`mtv evaluate --data=PATTERN (--checkpoint=... --config=... | --model=HANDLE) --out=results.npz`.
+
+MTV and M&M alike: an M&M model's views read every stream it takes from the records (flow and audio for the
+same clips as the RGB views); `--missing_modality=audio` scores the model with that stream missing.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ flags.DEFINE_integer("crops", None, "spatial crops per clip, 1 or 3 (default: th
 flags.DEFINE_integer("batch_size", 8, "views per forward pass", flag_values=FLAGS)
 flags.DEFINE_integer("label_offset", 0, "subtracted from stored labels (1 for 1-based label files)",
                      flag_values=FLAGS)
+flags.DEFINE_list("missing_modality", [], "M&M: streams (flow, audio, rgb) to evaluate as missing: not read, and "
+                  "fed as mtv.models.missing.missing_input zeros (what modality dropout trains with)",
+                  flag_values=FLAGS)
 
 
 def main(argv: list[str]) -> int:
@@ -35,10 +42,16 @@ def main(argv: list[str]) -> int:
         raise ConfigError("--data is required (TFRecords or a CSV of videos)")
     if bool(FLAGS.checkpoint) == bool(FLAGS.model):
         raise ConfigError("give exactly one of --checkpoint (with --config) and --model")
-    model = ev.load_for_eval(config=FLAGS.config, checkpoint=FLAGS.checkpoint, model=FLAGS.model)
-    dc = ev.eval_dataset_configs(FLAGS.config, model, clips=FLAGS.clips, crops=FLAGS.crops)
+    # A run's recorded config gives its test-time views and stream settings, as --config would.
+    config = FLAGS.config if FLAGS.config is not None else ev.run_config(FLAGS.checkpoint)
+    model = ev.load_for_eval(config=config, checkpoint=FLAGS.checkpoint, model=FLAGS.model)
+    if config is not None and not hasattr(config, "get"):
+        from mtv.training.trainer import load_train_config
+
+        config = load_train_config(config)
+    dc = ev.eval_dataset_configs(config, model, clips=FLAGS.clips, crops=FLAGS.crops)
     result = ev.evaluate_data(model, FLAGS.data, dataset_configs=dc, rule=FLAGS.rule, batch_size=FLAGS.batch_size,
-                              label_offset=FLAGS.label_offset)
+                              label_offset=FLAGS.label_offset, missing=FLAGS.missing_modality)
     print(ev.format_metrics(result))
     if FLAGS.out:
         path = ev.write(result, FLAGS.out)

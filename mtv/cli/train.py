@@ -1,4 +1,8 @@
-"""`mtv train --config=FILE --workdir=DIR`: fine-tune an MTV with Scenic's recipe (resumes a killed run)."""
+"""`mtv train --config=FILE --workdir=DIR`: fine-tune an MTV or M&M with Scenic's recipe (resumes a killed run).
+
+An M&M config (`model.modalities`, e.g. configs/epic_kitchens/epic_mm_*.py) reads every stream from its records;
+modality dropout is the config field `modality_dropout` (docs/multimodal.md, "Training and evaluation").
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from absl import flags
 from mtv.cli.config_flags import ConfigFlagValues
 from mtv.training.strategy import STRATEGIES
 
-HELP = "train or fine-tune an MTV from a Scenic-style config (resumes from the workdir's last checkpoint)"
+HELP = "train or fine-tune an MTV or M&M from a Scenic-style config (resumes from the workdir's last checkpoint)"
 FLAGS = ConfigFlagValues()
 FLAGS.define_config_file("config", None, "experiment config file (fields can be overridden, e.g. "
                          "--config.batch_size=4)", lock_config=False)

@@ -13,6 +13,11 @@ and in `mtv.data.synthetic`: 'camera_motion' (generated clips, `dataset_configs.
 A new dataset is a function `build(request: DatasetRequest) -> DataSpec` decorated with
 `@register_dataset("name")`.
 
+The data feeds the model's input streams (`mtv.data.streams`): the registry asks the model config for them
+(`model_streams`: RGB alone for MTV; rgb/flow/audio for M&M) and the TFRecord and CSV datasets read them,
+sized as the model takes them; the 'arrays' dataset takes a dict of stream arrays. `train_dataset` hands the
+model exactly its streams, mixes them with one mixup lambda per batch and applies modality dropout.
+
 Co-finetuning (`config.cofinetune = True`) reads `config.datasets`, a list of dataset entries each with
 `name`, `dataset_name`, `dataset_configs` (overrides of the main one), `num_classes` and
 `sampling_weight`; the model gets one head per entry, named by `name`.
@@ -55,32 +60,39 @@ class DataSpec:
     skipped: list = dataclasses.field(default_factory=list)  # (video, reason) skipped while preparing
     class_names: list[str] | None = None  # of its single label, when the dataset defines them
     held_out: str = "the config's validation data"  # what the held-out accuracy is measured on
+    modalities: tuple[str, ...] = ("rgb",)  # the streams eval_files are read with
 
     @property
     def has_eval(self) -> bool:
         """Whether the dataset has held-out data."""
         return self.eval_arrays is not None or bool(self.eval_files)
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Single-view (centre clip) held-out batches: float frames in [-1, 1], {label: one-hot}."""
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Any, dict[str, np.ndarray]]]:
+        """Single-view (centre clip) held-out batches: float frames in [-1, 1] (a dict of streams for several),
+        {label: one-hot}."""
         from mtv.data.sources import normalize_frames, one_hot
+        from mtv.data.streams import normalize_streams
 
         classes = self.source.classes
         if self.eval_arrays is not None:
             clips, labels = self.eval_arrays
             hot = {k: one_hot(v, classes[k], k) for k, v in labels.items()}
-            for start in range(0, len(clips), batch_size):
-                yield (normalize_frames(clips[start:start + batch_size]),
-                       {k: v[start:start + batch_size] for k, v in hot.items()})
+            count = len(next(iter(clips.values()))) if isinstance(clips, Mapping) else len(clips)
+            for start in range(0, count, batch_size):
+                part = slice(start, start + batch_size)
+                x = (normalize_streams({m: v[part] for m, v in clips.items()}) if isinstance(clips, Mapping)
+                     else normalize_frames(clips[part]))
+                yield x, {k: v[part] for k, v in hot.items()}
         elif self.eval_files:
             from mtv.data import tfrecord
 
             dc = {**(self.eval_configs or {}), "num_test_clips": 1, "do_three_spatial_crops": False}
             ds = tfrecord.make_dataset(self.eval_files, dataset_configs=dc, is_train=False, batch_size=batch_size,
-                                       label_names=tuple(classes), num_classes=classes)
+                                       label_names=tuple(classes), num_classes=classes, modalities=self.modalities)
             for x, y in ds:
                 y = y if isinstance(y, dict) else {next(iter(classes)): y}
-                yield x.numpy()[:, 0], {k: v.numpy() for k, v in y.items()}
+                x = {m: v.numpy()[:, 0] for m, v in x.items()} if isinstance(x, Mapping) else x.numpy()[:, 0]
+                yield x, {k: v.numpy() for k, v in y.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +107,14 @@ class DatasetRequest:
     videos: str | None = None  # source videos for datasets that render clips from videos
     arrays: Any = None  # in-memory training data ('arrays'): (clips, labels) or a Source
     eval_arrays: Any = None  # in-memory held-out data ('arrays'): (clips, labels)
+    streams: dict = dataclasses.field(default_factory=dict)  # the model's input streams (spec['modalities'])
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The model's stream names, rgb/flow/audio order (('rgb',) for MTV)."""
+        from mtv.data.streams import stream_names
+
+        return stream_names(self.streams)
 
 
 @dataclasses.dataclass
@@ -133,20 +153,50 @@ class TrainingData:
         """What held-out accuracy is measured on, in words."""
         return "; ".join(dict.fromkeys(spec.held_out for spec, _ in self.parts))
 
-    def train_dataset(self, batch_size: int, *, seed: int, start_step: int = 0,
-                      mixup_alpha: float = 0.0) -> tf.data.Dataset:
-        """Global training batches (frames, labels by head) from step `start_step` on."""
+    def train_dataset(self, batch_size: int, *, seed: int, start_step: int = 0, mixup_alpha: float = 0.0,
+                      inputs: Mapping[str, tuple] | None = None,
+                      modality_dropout: Mapping[str, float] | None = None) -> tf.data.Dataset:
+        """Global training batches (inputs, labels by head) from step `start_step` on.
+
+        inputs: the model's `input_shapes`; each dataset is checked against them and gives exactly those
+          streams (a bare clip for one). modality_dropout: {stream: probability} (`mixing.drop_modalities`),
+          applied after mixup so a dropped stream is exactly the missing value the model sees at test time.
+        """
         from mtv.data import mixing
 
         single = len(self.heads) == 1
-        datasets = [mixing.to_heads(spec.source.batches(batch_size, start_step, seed + 1000 * i), label_map,
-                                    self.heads, single)
-                    for i, (spec, label_map) in enumerate(self.parts)]
+        datasets = []
+        for i, (spec, label_map) in enumerate(self.parts):
+            ds = spec.source.batches(batch_size, start_step, seed + 1000 * i)
+            if inputs is not None:
+                ds = _fit_inputs(ds, inputs, f"dataset '{spec.name}'")
+            datasets.append(mixing.to_heads(ds, label_map, self.heads, single))
         dataset = datasets[0] if len(datasets) == 1 else mixing.mixture(datasets, self.weights, seed=seed,
                                                                            start_step=start_step)
         if mixup_alpha > 0:
             dataset = mixing.mixup_batches(dataset, mixup_alpha, seed=seed, start_step=start_step)
+        if modality_dropout:
+            if not isinstance(dataset.element_spec[0], Mapping):
+                raise ConfigError("config.modality_dropout needs a model with several streams (model.modalities)")
+            dataset = mixing.modality_dropout_batches(dataset, modality_dropout, seed=seed, start_step=start_step)
         return dataset.prefetch(2)
+
+
+def _fit_inputs(ds: tf.data.Dataset, inputs: Mapping[str, tuple], where: str) -> tf.data.Dataset:
+    """`ds` giving exactly the model's streams, their shapes checked against `inputs` before any step runs."""
+    from mtv.data.streams import select_streams
+
+    names = list(inputs)
+    given = ds.element_spec[0]
+    x_spec = select_streams(given, names, where=where)
+    for name, spec in ({names[0]: x_spec} if len(names) == 1 else x_spec).items():
+        got, want = tuple(spec.shape[1:]), tuple(inputs[name])
+        if len(got) != len(want) or any(g is not None and g != w for g, w in zip(got, want, strict=True)):
+            raise DataError(f"{where} gives '{name}' batches of shape {tuple(spec.shape)}; the model takes "
+                            f"(B, {', '.join(map(str, want))}) (check dataset_configs against the model config)")
+    if not isinstance(given, Mapping) or (len(names) > 1 and list(given) == names):
+        return ds  # already the model's structure
+    return ds.map(lambda x, y: (select_streams(x, names, where=where), y))
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -261,9 +311,10 @@ def build_datasets(config: Any, workdir: str | os.PathLike, *, train_data=None, 
         heads = dict(plans[0][1].classes)
     if check_heads is not None:
         check_heads(heads)
+    streams = model_streams(config, heads)
     parts, weights = [], []
     for entry, request, head, weight in plans:
-        spec = entry.build(request)
+        spec = entry.build(dataclasses.replace(request, streams=streams))
         if spec.source.classes != request.classes:
             raise DataError(f"dataset '{entry.name}' built labels {spec.source.classes}; its config says "
                             f"{request.classes}")
@@ -271,6 +322,19 @@ def build_datasets(config: Any, workdir: str | os.PathLike, *, train_data=None, 
         parts.append((spec, label_map))
         weights.append(weight)
     return TrainingData(heads, parts, weights)
+
+
+def model_streams(config: Any, heads: Mapping[str, int]) -> dict[str, dict]:
+    """The input streams of the model `config` builds for these heads (its spec's 'modalities')."""
+    from mtv.models.spec import spec_from_config
+
+    if not (config.get("model") or {}):
+        return {}  # no model section: the data alone (RGB), as before the model existed
+    if len(heads) == 1:
+        spec = spec_from_config(config, num_classes=next(iter(heads.values())))
+    else:
+        spec = spec_from_config(config, class_splits=list(heads.values()), split_names=list(heads))
+    return spec["modalities"]
 
 
 def _cofinetune_plans(config, base: dict, workdir: Path, videos: str | None) -> list:
@@ -303,37 +367,43 @@ def _cofinetune_plans(config, base: dict, workdir: Path, videos: str | None) -> 
 def build_tfrecord_dataset(request: DatasetRequest) -> DataSpec:
     """Scenic's TFRecord tables: `base_dir` + `tables.train` (+ `tables.validation`)."""
     from mtv.data.sources import tfrecord_source
+    from mtv.data.streams import reader_configs, reader_modalities
 
-    dc = request.dataset_configs
+    dc = reader_configs(request.dataset_configs, request.streams)
     tables = dc.get("tables") or {}
     base = dc.get("base_dir") or ""
     if not tables.get("train"):
         raise ConfigError("dataset_configs.tables.train is missing (a TFRecord glob, directory or name@N)")
     examples = (dc.get("examples_per_subset") or {}).get("train") or None
+    modalities = reader_modalities(request.streams)
     source = tfrecord_source(os.path.join(base, tables["train"]), dc, request.classes, name=request.name,
-                             num_examples=examples)
+                             num_examples=examples, modalities=modalities)
     valid = tables.get("validation")
     return DataSpec(request.name, source, eval_files=_files_or_none(os.path.join(base, valid)) if valid else None,
-                    eval_configs=dc)
+                    eval_configs=dc, modalities=modalities)
 
 
 @register_dataset("video_csv")
 def build_csv_dataset(request: DatasetRequest) -> DataSpec:
     """A CSV of videos (`train_csv`, optional `eval_csv`), converted once into TFRecords in the workdir."""
     from mtv.data.sources import tfrecord_source
+    from mtv.data.streams import reader_configs, reader_modalities
 
-    dc = request.dataset_configs
+    dc = reader_configs(request.dataset_configs, request.streams)
     if not dc.get("train_csv"):
         raise ConfigError("dataset_name 'video_csv' needs dataset_configs.train_csv")
+    modalities = reader_modalities(request.streams)
     files, count, skipped = _prepare_csv(dc["train_csv"], request.workdir, f"{request.name}-train", dc,
-                                         request.classes)
-    source = tfrecord_source(files, dc, request.classes, name=request.name, num_examples=count)
+                                         request.classes, modalities)
+    source = tfrecord_source(files, dc, request.classes, name=request.name, num_examples=count,
+                             modalities=modalities)
     eval_files = None
     if dc.get("eval_csv"):
         eval_files, _, more = _prepare_csv(dc["eval_csv"], request.workdir, f"{request.name}-eval", dc,
-                                           request.classes)
+                                           request.classes, modalities)
         skipped = skipped + more
-    return DataSpec(request.name, source, eval_files=eval_files, eval_configs=dc, skipped=skipped)
+    return DataSpec(request.name, source, eval_files=eval_files, eval_configs=dc, skipped=skipped,
+                    modalities=modalities)
 
 
 def _array_classes(request: DatasetRequest) -> dict[str, int]:
@@ -346,8 +416,11 @@ def _array_classes(request: DatasetRequest) -> dict[str, int]:
 
 @register_dataset("arrays", classes=_array_classes)
 def build_array_dataset(request: DatasetRequest) -> DataSpec:
-    """In-memory clips: `arrays` = (uint8 clips [N, T, H, W, 3], labels int [N] or {label: int [N]})."""
+    """In-memory clips: `arrays` = (uint8 clips [N, T, H, W, 3], labels int [N] or {label: int [N]}); for a
+    model with several streams, clips is a dict {'rgb': uint8 [N, T, H, W, 3], 'flow': float [N, T, H, W, 2],
+    'audio': float [N, F, M, 1]} (`mtv.data.streams.stream_array_source`)."""
     from mtv.data.sources import Source, array_source
+    from mtv.data.streams import stream_array_source
 
     if request.arrays is None:
         raise ConfigError("dataset 'arrays' is in-memory data: pass train_data=(clips, labels) to "
@@ -358,8 +431,11 @@ def build_array_dataset(request: DatasetRequest) -> DataSpec:
     else:
         clips, labels = request.arrays
         labels = labels if isinstance(labels, Mapping) else {first: labels}
-        source = array_source(clips, labels, request.classes, name=request.name,
-                              random_flip=bool(request.dataset_configs.get("random_flip", False)))
+        if isinstance(clips, Mapping):
+            source = stream_array_source(clips, labels, request.classes, name=request.name)
+        else:
+            source = array_source(clips, labels, request.classes, name=request.name,
+                                  random_flip=bool(request.dataset_configs.get("random_flip", False)))
     eval_arrays = None
     if request.eval_arrays is not None:
         clips, labels = request.eval_arrays
@@ -368,15 +444,16 @@ def build_array_dataset(request: DatasetRequest) -> DataSpec:
 
 
 def _prepare_csv(csv_path: str, workdir: Path, split: str, dataset_configs: Mapping,
-                 classes: Mapping[str, int]) -> tuple[list[str], int, list]:
-    """Converts a CSV into TFRecords under `<workdir>/data/` once; returns (files, examples, skipped)."""
+                 classes: Mapping[str, int], modalities: tuple[str, ...] = ("rgb",)) -> tuple[list[str], int, list]:
+    """Converts a CSV into TFRecords under `<workdir>/data/` once (with the audio and flow the model
+    takes); returns (files, examples, skipped)."""
     from mtv.data import prepare as prepare_lib
 
     out = workdir / "data"
     done = out / f"{split}-done.json"
     if done.is_file():
         info = json.loads(done.read_text())
-        if info.get("csv") == str(csv_path):
+        if info.get("csv") == str(csv_path) and set(info.get("modalities", ["rgb"])) >= set(modalities):
             return info["files"], info["num_examples"], info["skipped"]
     for head, count in classes.items():
         if head != "label" and prepare_lib.EPIC_NUM_CLASSES.get(head, count) != count:
@@ -384,9 +461,10 @@ def _prepare_csv(csv_path: str, workdir: Path, split: str, dataset_configs: Mapp
                               f"{prepare_lib.EPIC_NUM_CLASSES[head]}")
     result = prepare_lib.prepare(csv_path, out, name=split, num_classes=classes.get("label"),
                                  video_root=dataset_configs.get("video_root"),
-                                 min_resize=int(dataset_configs.get("min_resize", 256)), progress=False)
+                                 min_resize=int(dataset_configs.get("min_resize", 256)), progress=False,
+                                 with_audio="audio" in modalities, with_flow="flow" in modalities)
     info = {"csv": str(csv_path), "files": [str(p) for p in result.shards], "num_examples": result.num_written,
-            "skipped": [list(s) for s in result.skipped]}
+            "skipped": [list(s) for s in result.skipped], "modalities": list(modalities)}
     done.write_text(json.dumps(info, indent=1))
     return info["files"], info["num_examples"], info["skipped"]
 

@@ -1,13 +1,20 @@
-"""Combining training batches: labels renamed to model heads, co-finetuning mixtures, mixup."""
+"""Combining training batches: labels renamed to model heads, co-finetuning mixtures, mixup, modality dropout.
+
+Inputs are a bare clip batch (MTV) or a dict of streams {'rgb', 'flow', 'audio'} (M&M). Every random
+choice here is a stateless function of (seed, global step), so a run resumed at step `s` draws exactly
+what an uninterrupted run draws, whatever the number of replicas the batch is later split over.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from mtv.errors import ConfigError
+from mtv.models.missing import MISSING_VALUE
 
 
 def to_heads(ds: tf.data.Dataset, label_map: Mapping[str, str], heads: Mapping[str, int],
@@ -16,12 +23,13 @@ def to_heads(ds: tf.data.Dataset, label_map: Mapping[str, str], heads: Mapping[s
 
     def convert(x, labels):
         out = {}
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
         for head, count in heads.items():
             source_name = next((s for s, h in label_map.items() if h == head), None)
             if source_name is not None:
                 out[head] = labels[source_name]
             else:
-                out[head] = tf.zeros([tf.shape(x)[0], count], tf.float32)
+                out[head] = tf.zeros([batch, count], tf.float32)
         return x, (out[next(iter(heads))] if single_head else out)
 
     return ds.map(convert)
@@ -44,7 +52,10 @@ def mixture(datasets: Sequence[tf.data.Dataset], weights: Sequence[float], *, se
 
 
 def mixup_batches(ds: tf.data.Dataset, alpha: float, *, seed: int, start_step: int) -> tf.data.Dataset:
-    """Scenic's mixup of each batch with its reverse (one lambda ~ Beta(alpha, alpha) per batch)."""
+    """Scenic's mixup of each batch with its reverse (one lambda ~ Beta(alpha, alpha) per batch).
+
+    With a dict of streams every stream is mixed with the batch's one lambda, as the labels are.
+    """
     from mtv.data.transforms import mixup_tf
 
     steps = tf.data.Dataset.range(start_step, 2**62)
@@ -52,7 +63,84 @@ def mixup_batches(ds: tf.data.Dataset, alpha: float, *, seed: int, start_step: i
     def mix(batch, step):
         x, y = batch
         seed_pair = tf.stack([tf.constant(seed, tf.int64), step])
-        mixed_x, mixed_y, _ = mixup_tf(x, y, alpha, seed=tf.cast(seed_pair % (2**31 - 1), tf.int32))
+        seed_pair = tf.cast(seed_pair % (2**31 - 1), tf.int32)
+        if not isinstance(x, Mapping):
+            mixed_x, mixed_y, _ = mixup_tf(x, y, alpha, seed=seed_pair)
+            return mixed_x, mixed_y
+        first = next(iter(x))
+        mixed_first, mixed_y, lam = mixup_tf(x[first], y, alpha, seed=seed_pair)
+        mixed_x = {k: mixed_first if k == first else _blend(v, lam) for k, v in x.items()}
         return mixed_x, mixed_y
 
     return tf.data.Dataset.zip((ds, steps)).map(mix)
+
+
+def _blend(x: tf.Tensor, lam: tf.Tensor) -> tf.Tensor:
+    lam = tf.cast(lam, x.dtype)
+    return lam * x + (1 - lam) * tf.reverse(x, axis=[0])
+
+
+# ---------------------------------------------------------------------------------- modality dropout
+def check_modality_dropout(value: Any, modalities: Sequence[str]) -> dict[str, float]:
+    """`config.modality_dropout` as {stream: probability}, validated against the model's streams.
+
+    None or {} means no dropout. Probabilities are in [0, 1]; every key must be one of the model's
+    streams; a single-stream model cannot drop its only stream.
+    """
+    if value is None:
+        return {}
+    value = value.to_dict() if hasattr(value, "to_dict") else value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config.modality_dropout must map streams to drop probabilities, e.g. "
+                          f"{{'flow': 0.25, 'audio': 0.25}}; got {value!r}")
+    probs = {}
+    for name, p in value.items():
+        if name not in modalities:
+            raise ConfigError(f"config.modality_dropout names {name!r}, which is not a stream of this model "
+                              f"({', '.join(modalities)})")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+            raise ConfigError(f"config.modality_dropout.{name} must be a probability in [0, 1], got {p!r}")
+        probs[name] = float(p)
+    if any(probs.values()) and len(modalities) < 2:
+        raise ConfigError(f"config.modality_dropout drops streams, but this model has one stream "
+                          f"({', '.join(modalities)}); it would never be dropped (every example keeps a stream)")
+    return {m: p for m, p in probs.items() if p > 0}
+
+
+def drop_modalities(x: Mapping[str, tf.Tensor], probs: Mapping[str, float], seed) -> tuple[dict, tf.Tensor]:
+    """Replaces each example's stream m, with probability probs[m], by the missing value; never all streams.
+
+    Returns (inputs, dropped bool [B, streams] in `x`'s key order). An example whose draws drop every stream
+    gets one of them back, chosen uniformly, so the rate of stream m is probs[m] minus its share of those.
+    """
+    from mtv.data.transforms import split_seed
+
+    names = list(x)
+    batch = tf.shape(x[names[0]])[0]
+    p = tf.constant([probs.get(m, 0.0) for m in names], tf.float32)
+    draw_seed, keep_seed = tf.unstack(split_seed(seed, 2))
+    dropped = tf.random.stateless_uniform([batch, len(names)], draw_seed) < p[None]
+    all_gone = tf.reduce_all(dropped, axis=1, keepdims=True)
+    restore = tf.one_hot(tf.random.stateless_uniform([batch], keep_seed, 0, len(names), tf.int32), len(names),
+                         on_value=True, off_value=False, dtype=tf.bool)
+    dropped = dropped & ~(all_gone & restore)
+    out = {}
+    for i, name in enumerate(names):
+        value = x[name]
+        mask = tf.reshape(dropped[:, i], tf.concat([[batch], tf.ones([tf.rank(value) - 1], tf.int32)], 0))
+        out[name] = tf.where(mask, tf.constant(MISSING_VALUE, value.dtype), value)
+    return out, dropped
+
+
+def modality_dropout_batches(ds: tf.data.Dataset, probs: Mapping[str, float], *, seed: int,
+                             start_step: int) -> tf.data.Dataset:
+    """Modality dropout on dict batches (`drop_modalities`), drawn from (seed, global step)."""
+    steps = tf.data.Dataset.range(start_step, 2**62)
+    salt = tf.constant(0x6D6F64, tf.int64)  # keeps these draws apart from mixup's, which use (seed, step) too
+
+    def drop(batch, step):
+        x, y = batch
+        seed_pair = tf.cast(tf.stack([tf.constant(seed, tf.int64) + salt, step]) % (2**31 - 1), tf.int32)
+        return drop_modalities(x, probs, seed_pair)[0], y
+
+    return tf.data.Dataset.zip((ds, steps)).map(drop)

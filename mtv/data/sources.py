@@ -122,8 +122,9 @@ def array_source(frames: np.ndarray, labels: Mapping[str, np.ndarray] | np.ndarr
 
 
 def tfrecord_source(pattern, dataset_configs: Any, classes: Mapping[str, int], *, name: str = "data",
-                    num_examples: int | None = None) -> Source:
-    """Training batches from TFRecords via `mtv.data.tfrecord.make_dataset`; skipped records are counted."""
+                    num_examples: int | None = None, modalities: tuple[str, ...] = ("rgb",)) -> Source:
+    """Training batches from TFRecords via `mtv.data.tfrecord.make_dataset` (a dict of streams when `modalities`
+    holds more than 'rgb'); skipped records are counted."""
     from mtv.data import tfrecord
 
     files = tfrecord.resolve_files(pattern)
@@ -133,7 +134,7 @@ def tfrecord_source(pattern, dataset_configs: Any, classes: Mapping[str, int], *
     def make(batch_size: int, start_step: int, seed: int) -> tf.data.Dataset:
         ds = tfrecord.make_dataset(files, dataset_configs=plain(dataset_configs), is_train=True,
                                    batch_size=batch_size, label_names=label_names, num_classes=dict(classes),
-                                   seed=seed, skip_counter=counter)
+                                   seed=seed, skip_counter=counter, modalities=modalities)
         if len(label_names) == 1:
             ds = ds.map(lambda x, y: (x, {label_names[0]: y}))
         # Records are read in a seeded order, so skipping the consumed batches resumes the same stream.

@@ -8,6 +8,11 @@ Metrics are top-1 / top-5 accuracy (percent) per head; with 'verb' and 'noun' he
 action accuracy, an action being the (verb, noun) pair ranked by the product of the softmaxed verb and
 noun scores (the official scorer's rule, `mtv.epic.scoring.action_scores`). Per-example scores, keyed by
 example id, go to a results file (`mtv.epic.results.write_results`).
+
+M&M models (several input streams) are evaluated the same way: every view is a dict of streams, the flow
+and audio of view `c * crops + k` covering the same clip `c` as its RGB frames (`mtv.data.tfrecord`). A
+stream named in `missing` is not read at all; every view gets `mtv.models.missing.missing_input` for it,
+the value modality dropout trains with.
 """
 
 from __future__ import annotations
@@ -80,35 +85,71 @@ def head_names(model) -> list[str]:
     return list(model.spec.get("split_names") or []) if model.spec.get("class_splits") else ["logits"]
 
 
-def score_views(model, views: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Logits of every view: views float [N, V, T, H, W, 3] -> {head: [N, V, C]}."""
-    views = np.asarray(views, np.float32)
-    n, v = views.shape[:2]
-    flat = views.reshape(n * v, *views.shape[2:])
+def score_views(model, views, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Logits of every view: views float [N, V, T, H, W, 3] (or a dict of such per stream) -> {head: [N, V, C]}."""
+    if isinstance(views, Mapping):
+        views = {m: np.asarray(x, np.float32) for m, x in views.items()}
+        n, v = next(iter(views.values())).shape[:2]
+        flat = {m: x.reshape(n * v, *x.shape[2:]) for m, x in views.items()}
+        take = lambda start: {m: x[start:start + batch_size] for m, x in flat.items()}  # noqa: E731
+    else:
+        views = np.asarray(views, np.float32)
+        n, v = views.shape[:2]
+        flat = views.reshape(n * v, *views.shape[2:])
+        take = lambda start: flat[start:start + batch_size]  # noqa: E731
     chunks: dict[str, list] = {}
-    for start in range(0, len(flat), batch_size):
-        out = model(flat[start:start + batch_size], training=False)
+    for start in range(0, n * v, batch_size):
+        out = model(take(start), training=False)
         out = out if isinstance(out, dict) else {"logits": out}
         for head, value in out.items():
             chunks.setdefault(head, []).append(np.asarray(value, np.float32))
     return {h: np.concatenate(c).reshape(n, v, -1) for h, c in chunks.items()}
 
 
+def check_missing(model, missing: Iterable[str] | None) -> tuple[str, ...]:
+    """The streams to evaluate as missing, checked against the model's: never all of them."""
+    names = list(model.input_shapes)
+    missing = tuple(dict.fromkeys(missing or ()))
+    unknown = [m for m in missing if m not in names]
+    if unknown:
+        raise ConfigError(f"missing modality {unknown[0]!r} is not a stream of this model ({', '.join(names)})")
+    if missing and set(missing) == set(names):
+        raise ConfigError(f"every stream of the model ({', '.join(names)}) is marked missing; keep at least one")
+    return missing
+
+
+def with_missing(model, views, missing: Iterable[str]):
+    """The views as the model takes them, each stream in `missing` replaced by `missing_input` zeros."""
+    from mtv.data.streams import select_streams
+    from mtv.models.missing import missing_input
+
+    missing = check_missing(model, missing)
+    names = list(model.input_shapes)
+    if not missing:
+        return select_streams(views, names, where="the evaluation data")
+    present = views if isinstance(views, Mapping) else {next(m for m in names if m not in missing): views}
+    lead = np.shape(next(iter(present.values())))[:2]
+    full = {m: (missing_input((*lead, *model.input_shapes[m])) if m in missing else present[m]) for m in names}
+    return select_streams(full, names, where="the evaluation data")
+
+
 def evaluate(model, batches: Iterable, *, rule: str = "logits_mean", batch_size: int = 8,
-             label_heads: Mapping[str, str] | None = None) -> EvalResult:
+             label_heads: Mapping[str, str] | None = None, missing: Iterable[str] = ()) -> EvalResult:
     """Scores every example of `batches` and computes metrics.
 
-    batches: (views float [B, V, T, H, W, 3], labels or None, ids [B]) tuples, labels being one-hot
-      [B, C] for a single head or {label name: [B, C]}; what `mtv.data.tfrecord.make_dataset(
-      is_train=False, with_ids=True)` yields. label_heads maps label names to model heads (default:
-      'label' -> the single head, other names to the heads of the same name).
+    batches: (views float [B, V, T, H, W, 3] or a dict of them per stream, labels or None, ids [B]) tuples,
+      labels being one-hot [B, C] for a single head or {label name: [B, C]}; what `mtv.data.tfrecord.
+      make_dataset(is_train=False, with_ids=True)` yields. label_heads maps label names to model heads
+      (default: 'label' -> the single head, other names to the heads of the same name).
+    missing: streams to score as missing (`with_missing`); the batches need not hold them.
     """
     heads = head_names(model)
     ids, outputs, labels, num_views = [], {}, {}, 0
     kind = numeric.view_score_kind(rule)  # an unknown rule fails before any model call
+    missing = check_missing(model, missing)
     for views, y, batch_ids in batches:
-        views = np.asarray(views)
-        num_views = views.shape[1]
+        views = with_missing(model, views, missing)
+        num_views = np.shape(next(iter(views.values())) if isinstance(views, Mapping) else views)[1]
         scores = score_views(model, views, batch_size)
         for head, value in scores.items():
             outputs.setdefault(head, []).append(combine_views(value, rule)[0])
@@ -160,6 +201,7 @@ def eval_dataset_configs(config: Any = None, model=None, *, clips: int | None = 
                          crops: int | None = None) -> dict:
     """Test-time preprocessing: the config's dataset_configs, else the model's preset metadata."""
     from mtv.data.preprocessor import VideoPreprocessor, video_input_shape
+    from mtv.data.streams import reader_configs
 
     if config is not None:
         dc = config.get("dataset_configs") or {}
@@ -172,8 +214,12 @@ def eval_dataset_configs(config: Any = None, model=None, *, clips: int | None = 
         dc = {"num_frames": video_input_shape(model)[0], "stride": int(meta.get("stride") or pre.get("stride") or 1),
               "min_resize": spatial.min_resize, "crop_size": spatial.crop_size, "num_test_clips": num_clips,
               "do_three_spatial_crops": num_crops == 3, "zero_centering": spatial.zero_centering}
+        trained = ((meta.get("config") or {}).get("dataset_configs") or {})
+        for stream in ("flow", "audio"):  # how an M&M preset's training read its other streams
+            if stream in model.input_shapes and (pre.get(stream) or trained.get(stream)):
+                dc[stream] = dict(pre.get(stream) or trained.get(stream))
     if model is not None:
-        dc["num_frames"], dc["crop_size"] = video_input_shape(model)[:2]
+        dc = reader_configs(dc, model.spec["modalities"])
     if clips is not None:
         dc["num_test_clips"] = int(clips)
     if crops is not None:
@@ -185,10 +231,18 @@ def eval_dataset_configs(config: Any = None, model=None, *, clips: int | None = 
 
 def evaluate_data(model, data: str | os.PathLike, *, dataset_configs: Mapping, rule: str = "logits_mean",
                   batch_size: int = 8, label_offset: int = 0, workdir: str | os.PathLike | None = None,
-                  progress: bool = False) -> EvalResult:
-    """Evaluates TFRecords (glob, directory or prefix@N) or a CSV of videos (converted to TFRecords first)."""
-    from mtv.data import tfrecord
+                  progress: bool = False, missing: Iterable[str] = ()) -> EvalResult:
+    """Evaluates TFRecords (glob, directory or prefix@N) or a CSV of videos (converted to TFRecords first).
 
+    Every stream of the model is read (audio and flow for the same clips as the RGB views), except those in
+    `missing`, which get the missing value instead (`with_missing`).
+    """
+    from mtv.data import tfrecord
+    from mtv.data.streams import reader_configs, reader_modalities
+
+    missing = check_missing(model, missing)
+    streams = model.spec["modalities"]
+    modalities = reader_modalities(streams, skip=missing)
     skipped_prep = 0
     data = os.fspath(data)
     tmp = None
@@ -197,7 +251,7 @@ def evaluate_data(model, data: str | os.PathLike, *, dataset_configs: Mapping, r
 
         tmp = tempfile.mkdtemp(prefix="mtv_eval_", dir=workdir)
         result = prepare.prepare(data, tmp, name="eval", min_resize=int(dataset_configs.get("min_resize", 256)),
-                                 progress=progress)
+                                 progress=progress, with_audio="audio" in modalities, with_flow="flow" in modalities)
         skipped_prep = len(result.skipped)
         files = [str(p) for p in result.shards]
     else:
@@ -213,12 +267,12 @@ def evaluate_data(model, data: str | os.PathLike, *, dataset_configs: Mapping, r
             num_classes[name] = classes[head]
         else:
             logging.warning("label '%s' in '%s' matches no model head %s; not scored", name, data, heads)
-    dc = dict(dataset_configs)
+    dc = reader_configs(dataset_configs, streams)
     dc["label_offset"] = label_offset
     counter = tfrecord.SkipCounter()
     ds = tfrecord.make_dataset(files, dataset_configs=dc, is_train=False, batch_size=batch_size,
                                label_names=tuple(label_names), num_classes=num_classes or None,
-                               with_ids=True, skip_counter=counter)
+                               with_ids=True, skip_counter=counter, modalities=modalities)
 
     def batches():
         for element in ds:
@@ -228,10 +282,11 @@ def evaluate_data(model, data: str | os.PathLike, *, dataset_configs: Mapping, r
             else:
                 x, ids = element
                 y = None
-            yield x.numpy(), y, ids.numpy()
+            x = {m: v.numpy() for m, v in x.items()} if isinstance(x, Mapping) else x.numpy()
+            yield x, y, ids.numpy()
 
     try:
-        result = evaluate(model, batches(), rule=rule, batch_size=batch_size)
+        result = evaluate(model, batches(), rule=rule, batch_size=batch_size, missing=missing)
     finally:
         if tmp:
             import shutil
@@ -263,6 +318,19 @@ def format_metrics(result: EvalResult) -> str:
 
 
 # ------------------------------------------------------------------------------------- loading
+def run_config(checkpoint: str | os.PathLike | None) -> str | None:
+    """The recorded config.json of a training run given as its workdir or one of its checkpoint files."""
+    from mtv.training import checkpoints as ckpt_lib
+
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    run = path if path.is_dir() else path.parent.parent if ckpt_lib.PATTERN.match(path.name) else None
+    if run is not None and ckpt_lib.latest_checkpoint(run) is not None and (run / "config.json").is_file():
+        return str(run / "config.json")
+    return None
+
+
 def load_for_eval(*, config: Any = None, checkpoint: str | os.PathLike | None = None, model: str | None = None):
     """A model from a training checkpoint / workdir / Scenic checkpoint / preset (+ config), or a zoo handle."""
     from mtv.io import presets
@@ -280,12 +348,9 @@ def load_for_eval(*, config: Any = None, checkpoint: str | os.PathLike | None = 
     ckpt_file = None
     if path.is_dir() and ckpt_lib.latest_checkpoint(path) is not None:
         ckpt_file = ckpt_lib.latest_checkpoint(path)
-        if config is None and (path / "config.json").is_file():
-            config = str(path / "config.json")
     elif path.is_file() and ckpt_lib.PATTERN.match(path.name):
         ckpt_file = path
-        if config is None and (path.parent.parent / "config.json").is_file():
-            config = str(path.parent.parent / "config.json")
+    config = config if config is not None else run_config(path)
     if config is None:
         raise ConfigError(f"--config is needed to build the model of checkpoint '{path}'")
     if ckpt_file is not None:

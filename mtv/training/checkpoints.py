@@ -4,6 +4,8 @@ A checkpoint is one `.npz` file `<workdir>/checkpoints/ckpt_<step>.npz` holding
   `params/<flax path>`  every model weight under its Scenic name (readable by `mtv.from_scenic`'s npz
                         loader after dropping the other keys, see `read_params`),
   `opt/<index>`         every optimizer variable (iterations, momenta) in the optimizer's order,
+  `rng/<index>`         the model's random-number states (stochastic depth, dropout) in the model's
+                        order, so a resumed run draws the same masks as an uninterrupted one,
   `meta`                JSON: step, optimizer variable names and shapes, anything the trainer adds.
 It is written to a temporary file in the same directory, flushed, fsynced and renamed into place, so a
 run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
@@ -58,6 +60,8 @@ def save_checkpoint(workdir: str | os.PathLike, step: int, model, optimizer=None
     opt_vars = list(optimizer.variables) if optimizer is not None else []
     for i, var in enumerate(opt_vars):
         arrays[f"opt/{i}"] = _value(var)
+    for i, var in enumerate(_rng_states(model)):
+        arrays[f"rng/{i}"] = _value(var)
     info = {"step": int(step), "optimizer": [[v.path, list(v.shape)] for v in opt_vars], **(meta or {})}
     arrays["meta"] = np.asarray(json.dumps(info, default=str))
     path = folder / f"ckpt_{int(step):08d}.npz"
@@ -67,6 +71,26 @@ def save_checkpoint(workdir: str | os.PathLike, step: int, model, optimizer=None
         old.unlink(missing_ok=True)
     logging.info("saved checkpoint %s", path)
     return path
+
+
+def _rng_states(model) -> list:
+    """The model's seed-generator states (its non-trainable variables), in the model's fixed order."""
+    return [v for v in getattr(model, "non_trainable_variables", []) if "seed_generator_state" in v.path]
+
+
+def _restore_rng(path: Path, model) -> None:
+    with np.load(path, allow_pickle=False) as data:
+        values = [data[f"rng/{i}"] for i in range(sum(1 for k in data.files if k.startswith("rng/")))]
+    states = _rng_states(model)
+    if not values and states:
+        logging.warning("'%s' holds no random-number states (written by an older mtv): dropout and stochastic "
+                        "depth masks after resuming differ from an uninterrupted run's", path)
+        return
+    if len(values) != len(states) or any(tuple(v.shape) != x.shape for v, x in zip(states, values, strict=True)):
+        raise CheckpointError(f"'{path}' holds {len(values)} random-number states, the model has {len(states)}; "
+                              "was it written by a different model?")
+    for var, value in zip(states, values, strict=True):
+        var.assign(value.astype(var.dtype))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[np.ndarray], dict]:
@@ -104,4 +128,5 @@ def restore_checkpoint(path: str | os.PathLike, model, optimizer=None) -> dict:
                 raise CheckpointError(f"'{path}': optimizer variable '{var.path}' has shape {value.shape}, "
                                       f"expected {tuple(var.shape)}")
             var.assign(value.astype(var.dtype))
+    _restore_rng(Path(path), model)
     return meta

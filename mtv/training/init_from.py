@@ -11,6 +11,9 @@ From ViT, for view i (see MTV_REFERENCE.md section (c)):
   Transformer/encoderblock_l           -> MultiviewEncoder/encoderblock_l_view{i}, or the msa/mlp parts
                                           of MultiviewEncoder/cross_view_encoderblock_l for fused layers
 Everything else (cross-view attention, global encoder, head) keeps its random initialisation.
+
+An M&M model (several streams) initialised from an RGB MTV takes every stream from it through
+`mtv.training.multimodal_init` (docs/multimodal.md); from an M&M of the same layout, by name as above.
 """
 
 from __future__ import annotations
@@ -313,6 +316,53 @@ def _restored_mtv_params(path_or_name: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(v.numpy()) for k, v in restored.flax_params().items()}
 
 
+def _restored_mtv_source(path_or_name: str):
+    """An MTV model where one can be built (preset, zoo name, a run with its config.json: its token geometry is
+    then known), else the flat params of a training checkpoint or Scenic checkpoint / .npz."""
+    from mtv.io import presets
+    from mtv.io.scenic import load_flat_params
+    from mtv.training import checkpoints
+
+    path = Path(os.fspath(path_or_name))
+    ckpt, run = None, None
+    if path.is_dir() and checkpoints.latest_checkpoint(path) is not None:
+        ckpt, run = checkpoints.latest_checkpoint(path), path
+    elif path.is_file() and checkpoints.PATTERN.match(path.name):
+        ckpt, run = path, path.parent.parent
+    if ckpt is not None:
+        if (run / "config.json").is_file():
+            from mtv.eval.evaluate import load_for_eval
+
+            return load_for_eval(checkpoint=ckpt, config=str(run / "config.json"))
+        return checkpoints.read_params(ckpt)
+    if presets.is_preset(path):
+        return presets.load_preset(path)
+    if path.exists():
+        return load_flat_params(path)
+    import mtv
+
+    return mtv.load(str(path_or_name))
+
+
+def _initialize_multimodal(model, path: str, init: Mapping) -> str:
+    """M&M from an RGB MTV (`multimodal_init`), or by name from an M&M checkpoint of the same layout."""
+    from mtv.training import multimodal_init
+
+    source = _restored_mtv_source(path)
+    flat = source if isinstance(source, Mapping) else {
+        k: np.asarray(v.numpy()) for k, v in source.flax_params().items()}
+    restore_head = bool(init.get("restore_output_projection", False))
+    wanted = [k for k in model.flax_params() if not k.startswith(HEAD)]
+    if all(k in flat for k in wanted):  # the same streams: a plain MTV -> MTV init
+        init_from_mtv(model, flat, restore_output_projection=restore_head,
+                      positional_embed_size_change=init.get("positional_embed_size_change", "resize"),
+                      source=f"init_from.checkpoint_path '{path}'")
+        return f"initialised by name from M&M '{path}'"
+    report = multimodal_init.init_from_mtv(model, source, restore_output_projection=restore_head)
+    return (f"every stream initialised from MTV '{path}' ({len(report['copied'])} weights copied, "
+            f"{len(report['adapted'])} adapted, {len(report['initialised'])} left as initialised)")
+
+
 def initialize(model, config: Any) -> str:
     """Applies `config.init_from` to a freshly built model; returns a one-line description."""
     init = config.get("init_from")
@@ -331,6 +381,8 @@ def initialize(model, config: Any) -> str:
                       restore_input_embedding=init.get("restore_input_embedding", True),
                       positional_embed_size_change=init.get("positional_embed_size_change", "tile"))
         return f"views initialised from ViT checkpoints {paths}"
+    if model_type in ("mtv", "zoo", "preset") and list(getattr(model, "modalities", ["rgb"])) != ["rgb"]:
+        return _initialize_multimodal(model, path, init)
     if model_type in ("mtv", "zoo", "preset"):
         restored = _restored_mtv_params(path)
         init_from_mtv(model, restored, restore_output_projection=init.get("restore_output_projection", False),
