@@ -9,7 +9,7 @@ CONFIG_PACKAGES = ["mtv.configs"] + [f"mtv.configs.{name}" for name in find_pack
 setup(
     name="mtv",
     version="0.2.0",
-    description="Multiview Transformers (MTV) and M&M for video recognition, in Keras 3 on TensorFlow",
+    description="Multiview Transformers (MTV) and M&M for video recognition, in Keras 3 on TensorFlow or JAX",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
@@ -36,7 +36,11 @@ setup(
         "filelock>=3.12",  # portable inter-process locks for the download and preset caches
     ],
     extras_require={
+        # Keras' JAX backend: the model path (build, convert, load, save, predict) and training; jax's CPU build
+        # (for a GPU, install jax's CUDA build as jax's documentation says).
+        "jax": ["jax>=0.4.34"],
         "test": [
+            "jax>=0.4.34",  # tests/test_jax_backend.py runs the model path and training steps on JAX
             "pytest>=8",
             "ruff>=0.6",
             "nbclient>=0.10",

@@ -1,7 +1,9 @@
 """Shared pieces of the benchmarks: model set-up, timing, matmul peak, XLA FLOP count, peak memory.
 
 Run by hand (not in CI). Every number is measured in the running process, so a benchmark's
-`fraction_of_peak` compares the model with a matmul timed under the same load.
+`fraction_of_peak` compares the model with a matmul timed under the same load. The TensorFlow parts
+(tf.function, the TF profiler, the HLO of `experimental_get_compiler_ir`) import TensorFlow on first use;
+`--backend jax` (benchmarks/jax_bench.py) runs on a machine without it.
 """
 
 from __future__ import annotations
@@ -22,21 +24,36 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from mtv.utils.lazy_tf import LazyTensorFlow  # noqa: E402
+
+tf = LazyTensorFlow("the TensorFlow benchmarks (--backend tensorflow)")
 
 DEFAULT_CONFIG = "configs/kinetics/k400_mtv_b2_cva.py"
 REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ("tensorflow", "jax")
+
+
+def select_backend(name: str) -> None:
+    """Makes Keras run on `name` ('tensorflow' or 'jax'); call it before anything imports Keras."""
+    keras_module = sys.modules.get("keras")
+    if keras_module is not None and keras_module.backend.backend() != name:
+        raise SystemExit(f"Keras is already imported here with the {keras_module.backend.backend()} backend; run "
+                         f"the benchmark with --backend {name} in a fresh process")
+    os.environ["KERAS_BACKEND"] = name
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     """The flags every benchmark takes."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="config .py/.json path or experiment name")
+    p.add_argument("--backend", choices=BACKENDS, default="tensorflow",
+                   help="Keras backend: tensorflow (tf.function, oneDNN on CPU) or jax (jax.jit, XLA)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the config's)")
     p.add_argument("--size", type=int, default=None, help="crop height = width (default: the config's)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--xla", action="store_true", help="tf.function(jit_compile=True)")
+    p.add_argument("--xla", action="store_true", help="tf.function(jit_compile=True) (JAX always compiles with XLA)")
     p.add_argument("--runs", type=int, default=3, help="timed runs after warm-up (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: TF's default)")
@@ -48,25 +65,31 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def configure(threads: int = 0, inter_op: int = 0, dtype: str = "float32") -> None:
-    """Thread pools and Keras dtype policy; must run before any TF op."""
+    """Thread pools (TensorFlow) and Keras dtype policy; must run before any TF op."""
     import keras
 
-    try:
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        if inter_op:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-    except RuntimeError as err:  # TF already started in this process (e.g. called from a test)
-        print(f"warning: thread settings not applied: {err}", file=sys.stderr)
+    if keras.backend.backend() == "tensorflow":
+        try:
+            if threads:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+            if inter_op:
+                tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        except RuntimeError as err:  # TF already started in this process (e.g. called from a test)
+            print(f"warning: thread settings not applied: {err}", file=sys.stderr)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
 
 
-def build(config: str, batch: int, frames: int | None, size: int | None, seed: int = 0):
+def build(config: str, batch: int, frames: int | None, size: int | None, seed: int = 0, numpy_init: bool = False):
     """A randomly initialised model from `config` and a random clip batch of its input shape.
 
     `config` is a config .py (read by mtv.io.configs.load_config), an experiment name, or a
     Scenic-style .json; `frames` / `size` override the clip length and crop for shorter variants.
+    `numpy_init`: draw the weights with NumPy (N(0, 0.02)) instead of Keras' initialisers; on JAX each of those
+    compiles a kernel per weight shape, which costs more than the benchmark's own compilation on a CPU.
     """
+    import contextlib
+
+    from mtv.layers.common import skip_random_init
     from mtv.models.builder import build_model
     from mtv.models.spec import spec_from_config
 
@@ -76,12 +99,24 @@ def build(config: str, batch: int, frames: int | None, size: int | None, seed: i
         rgb = spec_from_config(path)["modalities"]["rgb"]
         shape = (frames or rgb["num_frames"], size or rgb["image_size"][0], size or rgb["image_size"][1],
                  rgb["channels"])
-    model = build_model(path, input_shape=shape, seed=seed)
+    with skip_random_init() if numpy_init else contextlib.nullcontext():
+        model = build_model(path, input_shape=shape, seed=seed)
+    if numpy_init:
+        rng = np.random.default_rng(seed)
+        for var in model.trainable_variables:
+            var.assign(rng.normal(0.0, 0.02, tuple(var.shape)).astype(np.float32))
     if list(model.input_shapes) != ["rgb"]:
         raise SystemExit(f"the benchmarks time RGB-only models; {config} takes {model.input_shapes}")
-    clip = tf.random.stateless_uniform((batch, *model.input_shapes["rgb"]), seed=(seed, 1),
-                                       minval=-1.0, maxval=1.0)
-    return model, clip
+    return model, random_clip(model, batch, seed)
+
+
+def random_clip(model, batch: int, seed: int = 0):
+    """A float32 clip batch in [-1, 1] of the model's RGB input, as a tensor of the Keras backend."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    clip = rng.uniform(-1.0, 1.0, (batch, *model.input_shapes["rgb"])).astype(np.float32)
+    return keras.ops.convert_to_tensor(clip)
 
 
 def use_conv_embedding() -> None:
@@ -134,8 +169,16 @@ def time_calls(fn: Callable[[], object], runs: int, warmup: int = 1,
 
 
 def _block(out) -> None:
-    """Waits for every tensor in `out` (TF eager ops may return before the work is done)."""
-    tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+    """Waits for every tensor in `out` (TF eager ops and JAX dispatch return before the work is done)."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for item in out:
+            _block(item)
+    elif hasattr(out, "block_until_ready"):
+        out.block_until_ready()
+    elif hasattr(out, "numpy"):
+        out.numpy()
 
 
 class MatmulPeak:
@@ -391,8 +434,12 @@ def machine() -> dict:
     except OSError:
         pass
     isa = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
-    return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "tf": tf.__version__,
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
+    out = {"cpu": model, "cores": os.cpu_count(), "isa": isa, "load_avg_1m": round(os.getloadavg()[0], 2)}
+    for name, key in (("tensorflow", "tf"), ("jax", "jax"), ("keras", "keras")):
+        module = sys.modules.get(name)
+        if module is not None:
+            out[key] = module.__version__
+    return out
 
 
 def emit(record: dict) -> None:

@@ -4,6 +4,7 @@
     python3 benchmarks/inference.py --dtype bfloat16 --xla --runs 3
     python3 benchmarks/inference.py --frames 8 --size 112 # a short variant for a quick look
     python3 benchmarks/inference.py --profile             # also time each stage alone + TF profiler
+    python3 benchmarks/inference.py --backend jax         # Keras' JAX backend: jax.jit, XLA's FLOPs and memory
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="also time each model stage on its own")
     args = parser.parse_args(argv)
+    common.select_backend(args.backend)
+    if args.backend == "jax":
+        return jax_main(args)
     common.configure(args.threads, args.inter_op, args.dtype)
     import tensorflow as tf
 
@@ -82,6 +86,32 @@ def main(argv: list[str] | None = None) -> dict:
     record.update(common.machine())
     record["threads"] = {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
                          "inter": tf.config.threading.get_inter_op_parallelism_threads()}
+    common.emit(record)
+    return record
+
+
+def jax_main(args) -> dict:
+    """`main` on Keras' JAX backend: one jitted forward, timed, with XLA's FLOP count and memory plan."""
+    if args.profile:
+        raise SystemExit("--profile uses the TensorFlow profiler; it is not available with --backend jax")
+    common.configure(dtype=args.dtype)
+    from benchmarks import jax_bench
+
+    model, clip = common.build(args.config, args.batch, args.frames, args.size, numpy_init=True)
+    program, call_args = jax_bench.forward_program(model, clip)
+    program.compile()
+    if program.error:
+        raise SystemExit(f"compiling the forward pass failed: {program.error}")
+    times = jax_bench.time_forward(program, call_args, args.runs, args.warmup)
+    record = {"benchmark": "inference", "backend": "jax", "config": args.config, "input_shape": list(clip.shape),
+              "dtype": args.dtype, "params": model.count_params(), **jax_bench.record(program, times, args.batch)}
+    if not args.no_peak:
+        rate = jax_bench.matmul_rate(args.peak_n, "bfloat16" if args.dtype == "bfloat16" else "float32")
+        record["matmul_peak_gflops"] = common.sig(rate)
+        if "achieved_gflops" in record:
+            record["fraction_of_peak"] = common.sig(record["achieved_gflops"] / rate, 3)
+    record.update(jax_bench.device_info())
+    record.update(common.machine())
     common.emit(record)
     return record
 

@@ -5,6 +5,7 @@
     python3 benchmarks/train_step.py --config camera_motion_tiny --batch 8
     python3 benchmarks/train_step.py --conv-embedding         # the strided-Conv3D embedding, for comparison
     python3 benchmarks/train_step.py --profile                # + TF-profiler op times of one step
+    python3 benchmarks/train_step.py --backend jax            # Keras' JAX backend (jax.jit, donated state)
 
 It also times the forward pass (inference mode) of the same model and clip in the same process,
 and reports `step_over_forward`: a training step costs about 3x the forward in FLOPs.
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="embed with the strided Conv3D/Conv2D layers (the path before patchify + matmul)")
     parser.add_argument("--profile", action="store_true", help="also report TF-profiler op times of one step")
     args = parser.parse_args(argv)
+    common.select_backend(args.backend)
+    if args.backend == "jax":
+        return jax_main(args)
     common.configure(args.threads, args.inter_op, args.dtype)
     import keras
     import tensorflow as tf
@@ -78,6 +82,43 @@ def main(argv: list[str] | None = None) -> dict:
     record.update(common.machine())
     record["threads"] = {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
                          "inter": tf.config.threading.get_inter_op_parallelism_threads()}
+    common.emit(record)
+    return record
+
+
+def jax_main(args) -> dict:
+    """`main` on Keras' JAX backend: the same step as one jitted program, and the forward pass beside it."""
+    if args.profile:
+        raise SystemExit("--profile uses the TensorFlow profiler; it is not available with --backend jax")
+    common.configure(dtype=args.dtype)
+    from benchmarks import jax_bench
+
+    if args.conv_embedding:
+        common.use_conv_embedding()
+    model, clip = common.build(args.config, args.batch, args.frames, args.size, numpy_init=True)
+    labels = jax_bench.one_hot_labels(model, args.batch)
+    forward, forward_args = jax_bench.forward_program(model, clip)
+    step, step_args = jax_bench.train_program(model, clip, labels)
+    for program in jax_bench.compile_all([forward, step]):
+        if program.error:
+            raise SystemExit(f"compiling {program.name} failed: {program.error}")
+    forward_times = jax_bench.time_forward(forward, forward_args, args.runs, args.warmup)
+    times, loss = jax_bench.time_train(step, step_args, args.runs, args.warmup)
+    record = {"benchmark": "train_step", "backend": "jax", "config": args.config, "input_shape": list(clip.shape),
+              "dtype": args.dtype, "params": model.count_params(), "optimizer": "sgd_momentum",
+              "embedding": "conv" if args.conv_embedding else "patchify_matmul",
+              **jax_bench.record(step, times, args.batch), "loss": common.sig(loss)}
+    fwd = jax_bench.record(forward, forward_times, args.batch)
+    record["forward_median_s"] = fwd["median_s"]
+    record["forward_gflop"] = fwd.get("gflop")
+    record["step_over_forward"] = common.sig(record["median_s"] / fwd["median_s"], 3)
+    if not args.no_peak:
+        rate = jax_bench.matmul_rate(args.peak_n, "bfloat16" if args.dtype == "bfloat16" else "float32")
+        record["matmul_peak_gflops"] = common.sig(rate)
+        if "achieved_gflops" in record:
+            record["fraction_of_peak"] = common.sig(record["achieved_gflops"] / rate, 3)
+    record.update(jax_bench.device_info())
+    record.update(common.machine())
     common.emit(record)
     return record
 

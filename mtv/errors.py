@@ -37,5 +37,9 @@ class ExportError(MTVError, ValueError):
     """A SavedModel or hub tarball cannot be written or read."""
 
 
+class MissingDependencyError(MTVError, ImportError):
+    """A feature needs an optional package (TensorFlow, JAX) that is not installed; the message names both."""
+
+
 class WriteError(MTVError, OSError):
     """An output file or directory cannot be written: missing parent, not a directory, no space, no permission."""

@@ -1,6 +1,7 @@
 """The benchmark helpers: the HLO FLOP counter against hand counts, and both scripts end to end, tiny."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -122,3 +123,110 @@ def test_backward_cost_profiles_a_multimodal_family():
     ops = [r["op"] for r in record["costliest_backward"]]
     assert ops and all(r["backward_ms"] >= 0 for r in record["costliest_backward"]), ops
     assert not any("Conv" in t for r in record["costliest_backward"] for t in r["gradient_ops"])
+
+
+# ------------------------------------------------------------------------------------ JAX backend, GPU runner
+def test_jax_backend_benchmarks_and_the_gpu_runner_dry_run(tmp_path):
+    """`train_step.py --backend jax` and `gpu.py run --dry-run`, in one process where TensorFlow cannot be
+    imported (the lent GPU machine has none): every program compiles and runs, and the report adds up."""
+    import subprocess
+
+    from tests.jax_backend_checks import jax_env
+
+    out = tmp_path / "gpu.json"
+    script = ("import json, sys\n"
+              "from benchmarks import gpu, train_step\n"
+              "step = train_step.main(['--backend', 'jax', '--config', 'configs/camera_motion/camera_motion_tiny.py',"
+              " '--runs', '1', '--peak-n', '64'])\n"
+              f"gpu.main(['run', '--dry-run', '--batches', '1', '--dir', {str(tmp_path / 'prepared')!r},"
+              f" '--out', {str(out)!r}])\n"
+              "print('TF_IMPORTED', [m for m in sys.modules if m.startswith('tensorflow')])\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=jax_env(tmp_path), capture_output=True, text=True,
+                          timeout=600, cwd=str(common.REPO))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "TF_IMPORTED []" in proc.stdout
+    step = json.loads(next(line for line in proc.stdout.splitlines() if '"benchmark": "train_step"' in line))
+    assert step["backend"] == "jax" and step["platform"] == "cpu" and step["input_shape"] == [1, 8, 32, 32, 3]
+    assert np.isfinite(step["loss"]) and step["median_s"] > 0 and step["memory_gb"] > 0
+    # Backward costs about twice the forward, so a step counts 2-4x the forward alone (XLA's own counts).
+    assert 2.0 * step["forward_gflop"] < step["gflop"] < 4.0 * step["forward_gflop"]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] and report["batches"] == [1] and report["platform"] == "cpu"
+    rows = {(r["kind"], r["dtype"], r["batch"]): r for r in report["rows"]}
+    assert set(rows) == {(k, d, 1) for k in ("forward", "train_step") for d in ("float32", "bfloat16")}
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["clips_per_s"] == pytest.approx(1 / row["median_s"], rel=0.01) and row["memory_gb"] > 0
+        assert row["fraction_of_bf16_matmul"] == pytest.approx(
+            row["achieved_gflops"] / report["matmul_gflops"]["bfloat16"], rel=0.01)
+    # The same model in both dtypes: XLA counts (nearly) the same FLOPs; the bf16 plan holds fewer bytes.
+    assert rows["forward", "bfloat16", 1]["gflop"] == pytest.approx(rows["forward", "float32", 1]["gflop"], rel=0.2)
+    assert report["targets"]["batch"] == 1 and "bf16_forward_fraction" in report["targets"]
+    assert report["scenic"]["status"].startswith("skipped")  # no Flax and no Scenic sources here
+
+
+def test_scenic_sources_are_copied_by_import_closure_and_missing_modules_stood_in(tmp_path, monkeypatch):
+    """`gpu.py prepare --scenic` copies only what Scenic's MTV imports; the machine's missing modules are stood in."""
+    from benchmarks import gpu, scenic_model
+
+    checkout = tmp_path / "scenic_checkout"
+    files = {
+        "scenic/__init__.py": "",
+        "scenic/projects/__init__.py": "",
+        "scenic/projects/mtv/__init__.py": "",
+        "scenic/projects/mtv/model.py": (
+            "import json\n"
+            "import missing_pkg_for_mtv_test as tf\n"
+            "from json import missing_module_for_mtv_test\n"
+            "KEY = json.MissingAttributeForMtvTest\n"
+            "from scenic.model_lib.layers import nn_layers\n"
+            "from scenic.projects.mtv import model_utils\n"
+            "class Block(tf.Module, dict):\n"
+            "    pass\n"
+            "class MTV(tf.keras.Model):\n"
+            "    @tf.function\n"
+            "    def depth(self):\n"
+            "        return nn_layers.DEPTH\n"),
+        "scenic/projects/mtv/model_utils.py": "def get_input_token_temporal_dims(frames, views):\n"
+                                              "    return [frames]\n",
+        "scenic/projects/other/unused.py": "raise RuntimeError('never imported')\n",
+        "scenic/model_lib/__init__.py": "",
+        "scenic/model_lib/layers/__init__.py": "",
+        "scenic/model_lib/layers/nn_layers.py": "DEPTH = 3\n",
+        "LICENSE": "Apache-2.0\n",
+    }
+    for rel, text in files.items():
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / rel).write_text(text)
+    prepared = tmp_path / "prepared"
+    manifest = gpu.main(["prepare", "--no-wheels", "--scenic", str(checkout), "--dir", str(prepared)])
+    assert "scenic/projects/other/unused.py" not in manifest["scenic_files"]
+    assert {"scenic/projects/mtv/model.py", "scenic/model_lib/layers/nn_layers.py",
+            "scenic/model_lib/layers/__init__.py"} <= set(manifest["scenic_files"])
+    assert (prepared / "scenic" / "LICENSE").is_file() and (prepared / "manifest.json").is_file()
+
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        model, utils, stand_ins = scenic_model.import_mtv(prepared / "scenic")
+        assert stand_ins == ["json.MissingAttributeForMtvTest", "json.missing_module_for_mtv_test",
+                             "missing_pkg_for_mtv_test"]
+        assert model.MTV().depth() == 3 and utils.get_input_token_temporal_dims(8, []) == [8]
+        assert model.Block.__mro__[1] is dict  # a stand-in base class drops out; the real one stays
+    finally:
+        import json
+
+        if hasattr(json, "MissingAttributeForMtvTest"):
+            delattr(json, "MissingAttributeForMtvTest")
+        for name in [m for m in sys.modules if m.split(".")[0] in ("scenic", "missing_pkg_for_mtv_test")
+                     or m == "json.missing_module_for_mtv_test"]:
+            del sys.modules[name]
+
+
+def test_the_wheel_download_targets_the_gpu_machines_python():
+    from benchmarks import gpu
+
+    cmd = gpu.pip_download_command(common.REPO / ".gpu_bench" / "wheels", gpu.pinned())
+    assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "--only-binary=:all:" in cmd
+    assert cmd[cmd.index("--python-version") + 1] == "3.12" and "manylinux_2_17_x86_64" in cmd
+    assert any(arg.startswith("keras==") for arg in cmd) and any(arg.startswith("optree==") for arg in cmd)

@@ -8,6 +8,9 @@ Flag names are words joined by underscores (absl's style: `--jpeg_quality`, `--a
 dashed spellings of earlier releases (`--jpeg-quality`) still work for one release, with a deprecation
 warning on stderr. `mtv --verbose COMMAND ...` (or `--verbose` among the flags of a command that has
 no `--verbose` of its own) lets TensorFlow's start-up messages through; without it they are hidden.
+
+Without TensorFlow (Keras' JAX backend), `predict`, `zoo`, `cache`, `convert`, `ensemble`, `submission` and
+`epic-score` run; `train`, `evaluate`, `data` and `export` say that they need TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 from absl import flags, logging
 
 from mtv.errors import MTVError
+from mtv.utils.lazy_tf import is_tensorflow_missing, missing_tensorflow
 
 COMMANDS = {
     "predict": "mtv.cli.predict",
@@ -42,8 +46,10 @@ def _usage() -> str:
     for name, module_name in COMMANDS.items():
         try:
             summary = importlib.import_module(module_name).HELP
-        except ImportError:
-            continue
+        except ImportError as err:
+            if not is_tensorflow_missing(err):
+                continue
+            summary = "(needs TensorFlow, which is not installed)"
         lines.append(f"  {name:<12} {summary}")
     lines.append("\n`mtv COMMAND --help` shows a command's flags; `mtv --verbose COMMAND ...` also shows "
                  "TensorFlow's start-up messages.")
@@ -70,7 +76,13 @@ def run(argv: list[str]) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"mtv: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name])
+    try:
+        module = importlib.import_module(COMMANDS[name])
+    except ModuleNotFoundError as err:
+        if not is_tensorflow_missing(err):
+            raise
+        print(f"mtv {name}: error: {missing_tensorflow(f'`mtv {name}`')}", file=sys.stderr)
+        return 1
     fv: flags.FlagValues = module.FLAGS
     fv.unparse_flags()
     if any(a in ("-h", "--help", "-help", "--helpfull") for a in rest):
@@ -100,6 +112,11 @@ def run(argv: list[str]) -> int:
         return int(module.main(positional) or 0)
     except MTVError as e:
         print(f"mtv {name}: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:  # a TensorFlow-only part of the command, imported when it is reached
+        if not is_tensorflow_missing(e):
+            raise
+        print(f"mtv {name}: error: {missing_tensorflow(f'`mtv {name}`')}", file=sys.stderr)
         return 1
 
 

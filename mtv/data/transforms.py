@@ -8,14 +8,15 @@ scale jitter, random crop, random flip, RandAugment (uint8, before normalising),
 colour augmentation (on the normalised floats). As in Scenic's `additional_augmentations`, only one
 of RandAugment / colour augmentation runs, RandAugment first. Evaluation (`eval_transform`) is the one
 video preprocessor (`mtv.data.preprocessor`): resize, a central crop or three spatial crops, normalise.
+
+TensorFlow is imported on first use: `video_to_eval_views` (what `mtv.predict` uses) and the NumPy helpers
+(mixup, labels) run without it, on any Keras backend.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
-from mtv.data import randaugment
 from mtv.data.config import DataConfig, data_config
 from mtv.data.preprocessor import (  # noqa: F401  (re-exported: the eval crops live in the preprocessor)
     central_crop,
@@ -29,6 +30,9 @@ from mtv.data.preprocessor import (  # noqa: F401  (re-exported: the eval crops 
 from mtv.data.sampling import eval_clip_indices
 from mtv.data.video import Video
 from mtv.errors import ShapeError
+from mtv.utils.lazy_tf import LazyTensorFlow
+
+tf = LazyTensorFlow("the tf.data augmentations (mtv.data.transforms)")
 
 
 def as_seed(seed) -> tf.Tensor:
@@ -118,6 +122,8 @@ def color_augment(frames: tf.Tensor, *, zero_centering: bool = True, prob_color_
 
 def rand_augment(frames: tf.Tensor, num_layers: int = 3, magnitude: float = 10, seed=None) -> tf.Tensor:
     """RandAugment on a [0, 255] clip (see `mtv.data.randaugment` for the op list)."""
+    from mtv.data import randaugment
+
     return randaugment.rand_augment(frames, num_layers, magnitude, as_seed(seed))
 
 
@@ -154,7 +160,8 @@ def train_transform(frames: tf.Tensor, config: DataConfig, seed=None, *, is_flow
 def eval_transform(clips: tf.Tensor, config: DataConfig, *, is_flow: bool = False) -> tf.Tensor:
     """uint8 [clips, T, H, W, C] -> float32 [clips * crops, T, crop, crop, C], clip-major (`mtv.data.preprocessor`).
 
-    With `is_flow`, `clips` are float flow in [-1, 1], resized with their values and not normalised.
+    With `is_flow`, `clips` are float flow in [-1, 1], resized with their values and not normalised. NumPy in,
+    NumPy out (no TensorFlow needed); a tensor in (tf.data), a tensor out.
     """
     return preprocess(clips, crop_size=config.crop_size, min_resize=config.min_resize,
                       num_crops=config.num_spatial_crops, zero_centering=config.zero_centering, is_flow=is_flow)
@@ -186,7 +193,7 @@ def video_to_eval_views(
                          zero_centering=zero_centering)
     source = video.path if isinstance(video, Video) else None
     indices = eval_clip_indices(frames.shape[0], num_frames, stride, num_clips, source=source)
-    return eval_transform(tf.constant(frames[indices]), config).numpy()
+    return eval_transform(frames[indices], config)  # NumPy in, NumPy out: no TensorFlow needed
 
 
 def one_hot(labels, num_classes: int) -> np.ndarray:

@@ -117,6 +117,7 @@ TOP_LEVEL_FIELDS = frozenset({
     "num_training_steps", "num_training_epochs", "checkpoint_steps", "log_eval_steps", "max_checkpoint_keep",
     "optimizer", "optimizer_configs", "lr_configs", "l2_decay_factor", "max_grad_norm", "label_smoothing", "mixup",
     "rng_seed", "mixed_precision", "jit_compile", "strategy", "init_from", "class_names", "cofinetune", "datasets",
+    "modality_dropout",
 })
 # Fields of Scenic's trainers and input pipelines that mtv carries without using (copying a Scenic config
 # over must work): accepted silently.

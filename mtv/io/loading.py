@@ -203,8 +203,11 @@ def _load_keras_file(path: Path) -> Any:
     if not zipfile.is_zipfile(path):  # Keras would say "File not found" for a file that exists
         raise CheckpointError(f"'{path}' is not a valid .keras file (not a zip archive: truncated or corrupt?); "
                               "save it again with model.save(path), or download it again")
+    from mtv.layers.common import skip_random_init
+
     try:
-        return keras.saving.load_model(str(path))
+        with skip_random_init():  # Keras assigns every weight from the file
+            return keras.saving.load_model(str(path))
     except MTVError:
         raise
     except Exception as e:  # Keras raises ValueError/KeyError/OSError/zipfile errors for a damaged archive

@@ -96,12 +96,14 @@ def read_preset_config(directory: str | os.PathLike) -> tuple[dict, dict]:
 def load_preset(directory: str | os.PathLike, *, num_classes: int | None = None) -> Any:
     """Builds the model of a preset and loads its weights; `metadata` is attached as `model.metadata`."""
     from mtv.io.scenic import assign_flax_params, load_flat_params
+    from mtv.layers.common import skip_random_init
     from mtv.models.mtv_classifier import MTVClassifier
 
     directory = Path(directory)
     config, metadata = read_preset_config(directory)
     try:
-        model = MTVClassifier.from_spec(config["spec"])
+        with skip_random_init():  # every weight is assigned below (strictly)
+            model = MTVClassifier.from_spec(config["spec"])
     except KeyError as e:
         raise ZooError(f"preset '{directory / CONFIG_FILE}' holds an invalid model spec: the field {e.args[0]!r} is "
                        "missing (a damaged or hand-edited config.json?); save the preset again, or fetch it "

@@ -70,6 +70,7 @@ def from_scenic(config: Any, params: Any, *, num_classes: int | None = None, cla
     `input_shape` overrides the RGB input (T, H, W[, C]); `input_shapes` any stream's. A config that states
     no input size (Scenic infers it at init) gets it from the positional embeddings and tubelet sizes.
     """
+    from mtv.layers.common import skip_random_init
     from mtv.models.mtv_classifier import MTVClassifier
     from mtv.models.spec import read_config, spec_from_config
 
@@ -87,7 +88,8 @@ def from_scenic(config: Any, params: Any, *, num_classes: int | None = None, cla
             raise
         spec = spec_from_config(config, num_classes=ckpt_classes, class_splits=class_splits,
                                 split_names=split_names, **shapes)
-    model = MTVClassifier.from_spec(spec)
+    with skip_random_init():  # every weight is assigned below; a replaced head starts at zeros, as Scenic's
+        model = MTVClassifier.from_spec(spec)
     if spec["final_endpoint"] == "pre_logits" and any(k.startswith(HEAD) for k in flat):
         logging.info("final_endpoint 'pre_logits': the checkpoint's output_projection is not used")
         flat = {k: v for k, v in flat.items() if not k.startswith(HEAD)}

@@ -1,17 +1,50 @@
-"""Small building blocks shared by every MTV layer: norms, MLP, stochastic depth, Flax name tables."""
+"""Small building blocks shared by every MTV layer: norms, MLP, stochastic depth, Flax name tables, and the
+initializer switch that loaders use to skip random initialisation."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import keras
+import numpy as np
 from keras import ops
 
 # Flax's LayerNorm epsilon (Keras defaults to 1e-3).
 LN_EPSILON = 1e-6
 
+_SKIP_INIT = contextvars.ContextVar("mtv_skip_random_init", default=False)
+
+
+class _Unset(keras.initializers.Initializer):
+    """Zeros as a NumPy array: no random draw and, on JAX, no kernel compiled for each weight shape."""
+
+    def __call__(self, shape, dtype=None):
+        return np.zeros(tuple(shape), keras.backend.standardize_dtype(dtype))
+
+
+@contextlib.contextmanager
+def skip_random_init() -> Iterator[None]:
+    """MTV weights created inside start as zeros instead of random draws: for models whose every weight is
+    assigned next (presets, Scenic checkpoints, .keras files). On JAX each random draw compiles an XLA kernel
+    per weight shape (0.1-0.5 s each on a CPU), which made loading a small model take tens of seconds."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
+def init(initializer):
+    """`initializer` (a Keras initializer or its name), or a no-op placeholder inside `skip_random_init()`."""
+    return _Unset() if _SKIP_INIT.get() else initializer
+
 
 def layer_norm(name: str) -> keras.layers.LayerNormalization:
     """A LayerNorm with Flax's epsilon, over the last axis."""
-    return keras.layers.LayerNormalization(epsilon=LN_EPSILON, name=name)
+    return keras.layers.LayerNormalization(epsilon=LN_EPSILON, gamma_initializer=init("ones"),
+                                           beta_initializer=init("zeros"), name=name)
 
 
 def flax_norm(layer: keras.layers.LayerNormalization) -> dict:
@@ -72,11 +105,11 @@ class MlpBlock(keras.layers.Layer):
     def build(self, input_shape):
         width = input_shape[-1]
         self.dense_0 = keras.layers.Dense(self.mlp_dim, name="Dense_0",
-                                          kernel_initializer="glorot_uniform",
-                                          bias_initializer=keras.initializers.RandomNormal(stddev=1e-6))
+                                          kernel_initializer=init("glorot_uniform"),
+                                          bias_initializer=init(keras.initializers.RandomNormal(stddev=1e-6)))
         self.dense_1 = keras.layers.Dense(width, name="Dense_1",
-                                          kernel_initializer="glorot_uniform",
-                                          bias_initializer=keras.initializers.RandomNormal(stddev=1e-6))
+                                          kernel_initializer=init("glorot_uniform"),
+                                          bias_initializer=init(keras.initializers.RandomNormal(stddev=1e-6)))
         self.dense_0.build(input_shape)
         self.dense_1.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mtv.layers.common import flax_norm, layer_norm, prefixed
+from mtv.layers.common import flax_norm, init, layer_norm, prefixed
 from mtv.layers.cross_view import sd_rate
 from mtv.layers.encoder_block import EncoderBlock
 
@@ -35,7 +35,7 @@ class GlobalEncoder(keras.layers.Layer):
     def build(self, input_shape):
         length, width = int(input_shape[-2]), int(input_shape[-1])
         self.pos_embedding = self.add_weight(name="posembed_input", shape=(1, length, width),
-                                             initializer=keras.initializers.RandomNormal(stddev=0.02))
+                                             initializer=init(keras.initializers.RandomNormal(stddev=0.02)))
         for block in self.blocks:
             block.build(input_shape)
         self.encoder_norm.build(input_shape)

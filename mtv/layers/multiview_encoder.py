@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mtv.layers.common import flax_dense, prefixed
+from mtv.layers.common import flax_dense, init, prefixed
 from mtv.layers.cross_view import CrossViewEncoderBlock, sd_rate
 from mtv.layers.encoder_block import EncoderBlock
 
@@ -62,7 +62,8 @@ class MultiviewEncoder(keras.layers.Layer):
                         continue
                     if self.views[i]["hidden_size"] != width:
                         self.bottleneck_linear[lyr][i] = keras.layers.Dense(
-                            self.views[i]["hidden_size"], name=f"bottleneck_linear_{lyr}_view{i}")
+                            self.views[i]["hidden_size"], kernel_initializer=init("glorot_uniform"),
+                            bias_initializer=init("zeros"), name=f"bottleneck_linear_{lyr}_view{i}")
                     width = self.views[i]["hidden_size"]
         # Keras tracks layers in flat lists only; the nested tables above are for indexing.
         self.tracked_blocks = [b for row in self.blocks for b in row if b is not None]
@@ -83,7 +84,7 @@ class MultiviewEncoder(keras.layers.Layer):
         for i, v in enumerate(self.views):
             self.pos_embeddings.append(self.add_weight(
                 name=f"posembed_input_view{i}", shape=(1, v["tokens_per_frame"], v["hidden_size"]),
-                initializer=keras.initializers.RandomNormal(stddev=0.02)))
+                initializer=init(keras.initializers.RandomNormal(stddev=0.02))))
         shapes = [tuple(s) for s in input_shapes]
         m = int((self.fusion or {}).get("bottleneck_tokens", 0) or 0)
         width = self.bottleneck_width() if self.fusion_type == "bottleneck" else None

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from mtv.layers.common import init
+
 
 def tubelet_embedding(hidden_size: int, patch_size: Sequence[int], name: str) -> keras.layers.Conv3D:
     """The weights of MTV's `embedding_view{i}`; `patch_size` is Scenic's (h, w, t).
@@ -28,7 +30,7 @@ def tubelet_embedding(hidden_size: int, patch_size: Sequence[int], name: str) ->
     """
     ph, pw, pt = (int(p) for p in patch_size)
     return keras.layers.Conv3D(hidden_size, kernel_size=(pt, ph, pw), strides=(pt, ph, pw), padding="valid",
-                               name=name)
+                               kernel_initializer=init("glorot_uniform"), bias_initializer=init("zeros"), name=name)
 
 
 def spectrogram_embedding(hidden_size: int, patch_size: Sequence[int], name: str) -> keras.layers.Conv2D:
@@ -38,7 +40,8 @@ def spectrogram_embedding(hidden_size: int, patch_size: Sequence[int], name: str
     hidden); the kernel is (t, f, C, hidden), Flax's 2-D Conv layout.
     """
     pt, pf = (int(p) for p in patch_size)
-    return keras.layers.Conv2D(hidden_size, kernel_size=(pt, pf), strides=(pt, pf), padding="valid", name=name)
+    return keras.layers.Conv2D(hidden_size, kernel_size=(pt, pf), strides=(pt, pf), padding="valid",
+                               kernel_initializer=init("glorot_uniform"), bias_initializer=init("zeros"), name=name)
 
 
 def embed_patches(layer: keras.layers.Layer, x):

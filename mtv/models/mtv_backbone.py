@@ -9,11 +9,11 @@ import keras
 from keras import ops
 
 from mtv.errors import ConfigError, ShapeError
-from mtv.layers.common import flax_dense, prefixed
+from mtv.layers.common import flax_dense, init, prefixed
 from mtv.layers.global_encoder import GlobalEncoder
 from mtv.layers.multiview_encoder import MultiviewEncoder
 from mtv.layers.patch_embedding import embed_patches, tubelet_embedding
-from mtv.models.spec import HEAD_FIELDS, MODALITIES, derive, stream_views
+from mtv.models.spec import HEAD_FIELDS, MODALITIES, derive, stream_views, to_plain
 
 POOLS = {"gap": ops.mean, "gmp": ops.max, "gsp": ops.sum}
 _AXES = {"rgb": ("frames", "height", "width", "channels"), "flow": ("frames", "height", "width", "channels"),
@@ -80,7 +80,9 @@ class MTVBackbone(keras.Model):
                                             name="global_encoder", **rates)
         self.global_linear = []
         if g["merge_axis"] == "time":
-            self.global_linear = [keras.layers.Dense(g["hidden_size"], name=f"global_encoder_linear_view{i}")
+            self.global_linear = [keras.layers.Dense(g["hidden_size"], kernel_initializer=init("glorot_uniform"),
+                                                     bias_initializer=init("zeros"),
+                                                     name=f"global_encoder_linear_view{i}")
                                   for i in range(len(s["views"]))]
 
     @property
@@ -111,7 +113,7 @@ class MTVBackbone(keras.Model):
             if s["classifier"] == "token":
                 setattr(self, f"cls_view{i}", self.add_weight(
                     name=f"cls_view{i}", shape=(1, g["temporal_tokens"], 1, v["hidden_size"]),
-                    initializer="zeros"))
+                    initializer=init("zeros")))
             token_shapes.append((None, geo["aligned_time"], g["frames_per_step"] * g["tokens_per_frame"],
                                  v["hidden_size"]))
         self.bottleneck = None
@@ -120,14 +122,14 @@ class MTVBackbone(keras.Model):
             self.bottleneck = self.add_weight(
                 name="bottleneck", shape=(1, geo["aligned_time"], fusion["bottleneck_tokens"],
                                           self.encoder.bottleneck_width()),
-                initializer=keras.initializers.RandomNormal(stddev=0.02))
+                initializer=init(keras.initializers.RandomNormal(stddev=0.02)))
         self.encoder.build(token_shapes)
         for i, lin in enumerate(self.global_linear):
             lin.build((None, s["views"][i]["hidden_size"]))
         self.cls_global = None
         if s["classifier"] == "token":
             self.cls_global = self.add_weight(name="cls_global", shape=(1, 1, self.output_width),
-                                              initializer="zeros")
+                                              initializer=init("zeros"))
         self.global_encoder.build(self._global_input_shape())
         self.built = True
 
@@ -248,7 +250,7 @@ class MTVBackbone(keras.Model):
         return table
 
     def get_config(self):
-        return {"name": self.name, "spec": copy.deepcopy(self.spec)}
+        return {"name": self.name, "spec": to_plain(self.spec)}  # a plain copy (deepcopy of a tracked dict is slow)
 
     @classmethod
     def from_config(cls, config):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import keras
 from keras import ops
 
 from mtv.errors import ShapeError
-from mtv.layers.common import flax_dense, prefixed
+from mtv.layers.common import flax_dense, init, prefixed
 from mtv.models.mm_backbone import MMBackbone
 from mtv.models.mtv_backbone import MTVBackbone, pool_tokens
-from mtv.models.spec import HEAD_FIELDS, head_fields
+from mtv.models.spec import HEAD_FIELDS, head_fields, to_plain
 
 
 def backbone_class(spec: Mapping) -> type[MTVBackbone]:
@@ -37,8 +36,8 @@ class MTVClassifier(keras.Model):
         self.head_config = head_fields(num_classes, class_splits, split_names, final_endpoint)
         self.output_projection = None
         if final_endpoint == "logits":
-            self.output_projection = keras.layers.Dense(num_classes, kernel_initializer="zeros",
-                                                        name="output_projection")
+            self.output_projection = keras.layers.Dense(num_classes, kernel_initializer=init("zeros"),
+                                                        bias_initializer=init("zeros"), name="output_projection")
             self.output_projection.build((None, backbone.output_width))
         self.built = True
 
@@ -59,7 +58,8 @@ class MTVClassifier(keras.Model):
     @property
     def spec(self) -> dict:
         """The whole model's spec: the backbone's plus the head fields."""
-        return {**copy.deepcopy(self.backbone.spec), **copy.deepcopy(dict(self.head_config))}
+        # to_plain, not deepcopy: Keras tracks these dicts, and deep-copying a tracked dict pickles the whole model.
+        return {**to_plain(self.backbone.spec), **to_plain(self.head_config)}
 
     @property
     def geometry(self) -> dict:
@@ -118,7 +118,7 @@ class MTVClassifier(keras.Model):
 
     def get_config(self):
         return {"name": self.name, "backbone": keras.saving.serialize_keras_object(self.backbone),
-                **copy.deepcopy(dict(self.head_config))}
+                **to_plain(self.head_config)}
 
     @classmethod
     def from_config(cls, config):

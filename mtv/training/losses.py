@@ -10,7 +10,6 @@ it is the loss of the head whose dataset the batch came from.
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 
@@ -40,8 +39,9 @@ def as_heads(value, names: list[str]) -> dict:
 
 
 def _replicas() -> int:
-    ctx = tf.distribute.get_replica_context()
-    return ctx.num_replicas_in_sync if ctx is not None else 1
+    from mtv.training.backend import num_replicas
+
+    return num_replicas()
 
 
 class TrainingModel(keras.Model):
@@ -66,9 +66,11 @@ class TrainingModel(keras.Model):
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=None)
 
-    def train_step(self, data):
-        logs = super().train_step(data)
-        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    def train_step(self, *args):  # TensorFlow's trainer passes (data,), JAX's (state, data)
+        from mtv.training.backend import is_multi_worker
+
+        logs = super().train_step(*args)
+        if is_multi_worker(self):
             # Keras averages multi-worker logs with reduce(axis=0), which needs at least one dimension.
             logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
         return logs

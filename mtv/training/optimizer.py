@@ -24,20 +24,16 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from mtv.errors import ConfigError
-
-
-def _replica_context():
-    ctx = tf.distribute.get_replica_context()  # None in a cross-replica context
-    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+from mtv.training.backend import clip_by_global_norm
+from mtv.training.backend import replica_context as _replica_context
 
 
 def _sum_across_replicas(ctx, grads: list) -> list:
     present = [g for g in grads if g is not None]
-    reduced = iter(ctx.all_reduce(tf.distribute.ReduceOp.SUM, present)) if present else iter(())
+    reduced = iter(ctx.all_reduce("SUM", present)) if present else iter(())  # tf.distribute.ReduceOp.SUM
     return [None if g is None else next(reduced) for g in grads]
 
 
@@ -57,7 +53,12 @@ class ScenicMomentum(keras.optimizers.SGD):
     def apply(self, grads, trainable_variables=None):
         """Adds L2 decay and clips the global norm of the replica-summed gradient, then updates."""
         if trainable_variables is None:
-            raise ValueError("ScenicMomentum.apply needs trainable_variables (L2 decay reads the weights)")
+            if not self.built:
+                raise ValueError("ScenicMomentum.apply needs trainable_variables or a built optimizer (L2 decay "
+                                 "reads the weights)")
+            # Keras' JAX trainer (stateless_apply) passes none: the variables the optimizer was built with, as
+            # Keras' own `apply` takes them.
+            trainable_variables = self._trainable_variables
         grads, variables = list(grads), list(trainable_variables)
         ctx = _replica_context()
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
@@ -67,11 +68,11 @@ class ScenicMomentum(keras.optimizers.SGD):
         if self.l2_decay_factor:
             # Each replica adds its share of l2 * w when Keras is left to sum the replicas.
             l2 = self.l2_decay_factor if summed else self.l2_decay_factor / replicas
-            grads = [g if g is None else g + tf.cast(l2, g.dtype) * tf.cast(v, g.dtype)
+            grads = [g if g is None else g + ops.cast(l2, g.dtype) * ops.cast(v, g.dtype)
                      for g, v in zip(grads, variables, strict=True)]
         if self.max_grad_norm is not None:
             present = [i for i, g in enumerate(grads) if g is not None]
-            clipped, _ = tf.clip_by_global_norm([grads[i] for i in present], self.max_grad_norm)
+            clipped = clip_by_global_norm([grads[i] for i in present], self.max_grad_norm)
             for i, g in zip(present, clipped, strict=True):
                 grads[i] = g / replicas if replicas > 1 else g
         return super().apply(grads, variables)

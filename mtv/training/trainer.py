@@ -7,6 +7,12 @@ dropout from the model config (active in training); `l2_decay_factor`. Epic-styl
 average the per-head losses; co-finetuning (`cofinetune=True`) trains one head per dataset on batches
 drawn from the datasets by `sampling_weight`.
 
+M&M (a config with `model.modalities`) trains through the same path: the datasets read every stream the model
+takes, mixup mixes all streams with the batch's one lambda, and `modality_dropout` ({stream: probability})
+replaces whole streams of single examples by the missing value of `mtv.models.missing` (docs/multimodal.md).
+`init_from` of an M&M model takes an RGB MTV (checkpoint, run, preset or zoo name) through
+`mtv.training.multimodal_init`.
+
 A run lives in `workdir`: `config.json`, `checkpoints/ckpt_<step>.npz` (every `checkpoint_steps`,
 atomic), `metrics.jsonl` (one line per step), `tensorboard/` summaries. Started again with the same
 command, a run resumes from its newest checkpoint at the same step, with the same data stream.
@@ -38,8 +44,10 @@ import tensorflow as tf
 from absl import logging
 
 from mtv.data.datasets import TrainingData, build_datasets
+from mtv.data.mixing import check_modality_dropout
 from mtv.errors import CheckpointError, ConfigError, DataError
 from mtv.io.configs import check_config_fields
+from mtv.training import backend
 from mtv.training import checkpoints as ckpt_lib
 from mtv.training.strategy import distribute, is_chief, make_strategy
 from mtv.utils.fileio import atomic_path, writing
@@ -90,16 +98,21 @@ def evaluate_single_view(model, data: TrainingData, batch: int = 32) -> dict[str
 
     Keys: 'accuracy' and 'top5' for a single head, '<head>_accuracy' and '<head>_top5' for several.
     """
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    from mtv.data.streams import select_streams
+
+    predict = backend.predict_function(model)
+    names = list(model.input_shapes)
     results = {}
     for spec, label_map in data.parts:
         for label, head in label_map.items():
             top1, top5, count = 0, 0, 0
             for x, y in spec.eval_batches(batch):
-                n = len(x)
+                x = select_streams(x, names, where=f"the held-out data of '{spec.name}'")
+                n = len(tf.nest.flatten(x)[0])
                 if n < batch:  # pad to the traced batch size
-                    x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
-                out = predict(tf.constant(x))
+                    x = tf.nest.map_structure(
+                        lambda v, n=n: np.concatenate([v, np.zeros((batch - n, *v.shape[1:]), v.dtype)]), x)
+                out = predict(x)
                 logits = np.asarray(out[head] if isinstance(out, dict) else out)[:n]
                 truth = y[label].argmax(-1)
                 ranked, _ = top_k(logits, 5)
@@ -226,6 +239,7 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
     workdir = Path(workdir)
     changed = check_resumed_config(config, workdir, allow_config_change=allow_config_change)
     if isinstance(strategy, str) or strategy is None:
+        backend.check_strategy(strategy or config.get("strategy", "default"))
         strategy = make_strategy(strategy or config.get("strategy", "default"))
     chief = is_chief(strategy)
     batch = _positive_int(config, "batch_size")
@@ -308,9 +322,10 @@ def _check_model_config(config, heads: dict[str, int]) -> None:
     from mtv.models.spec import spec_from_config
 
     if len(heads) == 1:
-        spec_from_config(config, num_classes=next(iter(heads.values())))
+        spec = spec_from_config(config, num_classes=next(iter(heads.values())))
     else:
-        spec_from_config(config, class_splits=list(heads.values()), split_names=list(heads))
+        spec = spec_from_config(config, class_splits=list(heads.values()), split_names=list(heads))
+    check_modality_dropout(config.get("modality_dropout"), list(spec["modalities"]))
 
 
 def _build(config, heads: dict):
@@ -341,7 +356,7 @@ def _run(config, workdir, strategy, chief, data: TrainingData, batch, total, ste
         inner = _build(config, data.heads)
         wrapper = TrainingModel(inner, list(data.heads), label_smoothing=config.get("label_smoothing"))
         optimizer = make_optimizer(config, ScenicSchedule(lr_cfg))
-        wrapper.compile(optimizer=optimizer, jit_compile=bool(config.get("jit_compile", False)))
+        wrapper.compile(optimizer=optimizer, jit_compile=backend.jit_compile(config))
         wrapper.build_now()
         optimizer.build(wrapper.trainable_variables)
     latest = ckpt_lib.latest_checkpoint(workdir)
@@ -383,8 +398,10 @@ def _run(config, workdir, strategy, chief, data: TrainingData, batch, total, ste
         if start < total:
             mixup = config.get("mixup") or {}
             alpha = float(mixup.get("alpha") or 0.0) if hasattr(mixup, "get") else 0.0
-            dataset = distribute(strategy, data.train_dataset(batch, seed=seed, start_step=start, mixup_alpha=alpha),
-                                 batch)
+            drop = check_modality_dropout(config.get("modality_dropout"), inner.modalities)
+            dataset = data.train_dataset(batch, seed=seed, start_step=start, mixup_alpha=alpha,
+                                         inputs=inner.input_shapes, modality_dropout=drop)
+            dataset = distribute(strategy, dataset, batch)
             epochs = math.ceil((total - start) / every)
             wrapper.fit(dataset, epochs=epochs, steps_per_epoch=every, callbacks=[logger], verbose=verbose,
                         shuffle=False)
@@ -413,6 +430,9 @@ def _export(model, directory, config, data: TrainingData, evaluation, step, extr
            "min_resize": int(dc.get("min_resize", 256)), "crop_size": int(dc.get("crop_size", 224)),
            "clips": clips, "crops": crops, "zero_centering": bool(dc.get("zero_centering", True)),
            "value_range": [-1.0, 1.0], "channel_order": "RGB"}
+    for stream in ("flow", "audio"):  # M&M: how the other streams were read (mtv evaluate reads them so)
+        if stream in model.input_shapes and dc.get(stream):
+            pre[stream] = dict(dc[stream].to_dict() if hasattr(dc[stream], "to_dict") else dc[stream])
     accuracy = {}
     if "accuracy" in evaluation:
         accuracy = {"top1": round(evaluation["accuracy"], 2)}
