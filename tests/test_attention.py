@@ -96,3 +96,13 @@ def test_bfloat16_policy_computes_in_bfloat16():
     want = numpy_attention(x, x, params, 4)
     err = np.abs(np.asarray(keras.ops.cast(got, "float32")) - want).max()
     assert 0 < err < 0.1  # bfloat16 keeps ~3 significant digits, so not exact yet close
+
+
+def test_a_new_layer_draws_different_query_key_value_and_out_kernels():
+    layer = MultiHeadAttention(num_heads=2, name="attn")
+    layer.build((1, 4, 8))
+    kernels = [layer.query_kernel, layer.key_kernel, layer.value_kernel]
+    values = [np.asarray(k).reshape(-1) for k in kernels] + [np.asarray(layer.out_kernel).reshape(-1)]
+    for i in range(len(values)):
+        for j in range(i + 1, len(values)):
+            assert not np.allclose(values[i], values[j]), (i, j)

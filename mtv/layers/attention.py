@@ -39,15 +39,19 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError(f"{self.name}: qkv width {qkv} is not divisible by num_heads {self.num_heads}")
         self.head_dim = qkv // self.num_heads
         h, hd = self.num_heads, self.head_dim
-        glorot, zeros = init(keras.initializers.GlorotUniform()), init("zeros")
-        self.query_kernel = self.add_weight(name="query_kernel", shape=(d_q, h, hd), initializer=glorot)
+        zeros = init("zeros")
+
+        def glorot():  # a fresh initializer per kernel: one instance reused draws the same values each time
+            return init(keras.initializers.GlorotUniform())
+
+        self.query_kernel = self.add_weight(name="query_kernel", shape=(d_q, h, hd), initializer=glorot())
         self.query_bias = self.add_weight(name="query_bias", shape=(h, hd), initializer=zeros)
-        self.key_kernel = self.add_weight(name="key_kernel", shape=(d_kv, h, hd), initializer=glorot)
+        self.key_kernel = self.add_weight(name="key_kernel", shape=(d_kv, h, hd), initializer=glorot())
         self.key_bias = self.add_weight(name="key_bias", shape=(h, hd), initializer=zeros)
-        self.value_kernel = self.add_weight(name="value_kernel", shape=(d_kv, h, hd), initializer=glorot)
+        self.value_kernel = self.add_weight(name="value_kernel", shape=(d_kv, h, hd), initializer=glorot())
         self.value_bias = self.add_weight(name="value_bias", shape=(h, hd), initializer=zeros)
         self.out_kernel = self.add_weight(name="out_kernel", shape=(h, hd, out),
-                                          initializer=zeros if self.out_kernel_zeros else glorot)
+                                          initializer=zeros if self.out_kernel_zeros else glorot())
         self.out_bias = self.add_weight(name="out_bias", shape=(out,), initializer=zeros)
 
     def call(self, query, kv=None, training=False):
