@@ -7,7 +7,7 @@ own half. Held-out test clips are rendered from a video (and mixed into its reco
 
 All three models are trained the same way: the same records, steps, batch, schedule and seed, and the
 learning rate picked for each from the same grid by top-1 on a validation split (training footage, other
-clips); the test split is scored once, with the picked rate. Run by hand (about 20 minutes on 2 CPU cores):
+clips); the test split is scored once, with the picked rate. Run by hand (about 10 minutes on 2 CPU cores):
 
   python benchmarks/fusion.py --videos ../shared/data/videos --workdir /tmp/fusion
 
@@ -27,11 +27,11 @@ from absl import app, flags
 
 flags.DEFINE_string("videos", None, "Folder of the real clips (../shared/data/videos).", required=True)
 flags.DEFINE_string("workdir", "/tmp/mtv_fusion", "Where records and runs go.")
-flags.DEFINE_integer("steps", 300, "Training steps of every run.")
-flags.DEFINE_integer("batch", 16, "Batch size of every run.")
-flags.DEFINE_list("lrs", ["0.03", "0.1", "0.3"], "Learning-rate grid, the same for every model.")
+flags.DEFINE_integer("steps", 800, "Training steps of every run.")
+flags.DEFINE_integer("batch", 32, "Batch size of every run.")
+flags.DEFINE_list("lrs", ["0.01", "0.03", "0.1"], "Learning-rate grid, the same for every model.")
 flags.DEFINE_list("models", ["rgb", "audio", "rgb+audio"], "Stream sets to train.")
-flags.DEFINE_integer("num_train", 1800, "Training examples.")
+flags.DEFINE_integer("num_train", 2400, "Training examples.")
 flags.DEFINE_integer("num_eval", 270, "Validation and test examples (each).")
 FLAGS = flags.FLAGS
 

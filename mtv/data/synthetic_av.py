@@ -10,7 +10,7 @@ classes it is among, and one that only hears can at best tell which of `len(MOTI
   label    motion_index * len(SOUNDS) + sound_index         (9 classes, 'pan_right_fast+low_tone', ...)
 
 `none` adds nothing to the recorded audio; `low_tone` is a steady sine of 220-330 Hz; `high_beeps` is a
-1.8-2.6 kHz sine gated on and off at 6-10 Hz. Pitch, gating rate, level (-8 to +2 dB relative to the
+1.8-2.6 kHz sine gated on and off at 6-10 Hz. Pitch, gating rate, level (-4 to +4 dB relative to the
 recording's RMS) and phase are drawn per example, so neither sound is one fixed waveform.
 
 Footage and recordings are split as the camera-motion dataset splits its footage: the 'heldout' split renders
@@ -92,7 +92,7 @@ def mix_sound(bed: np.ndarray, sound: int, rng: np.random.Generator) -> np.ndarr
         gate = np.sin(2 * np.pi * rng.uniform(6, 10) * t + rng.uniform(0, 2 * np.pi)) > 0
         wave = np.sin(2 * np.pi * rng.uniform(1800, 2600) * t + phase) * gate
     rms = max(float(np.sqrt(np.mean(bed ** 2))), 1e-3)
-    level = rms * 10 ** (rng.uniform(-8, 2) / 20) * np.sqrt(2)  # a sine's RMS is its amplitude / sqrt(2)
+    level = rms * 10 ** (rng.uniform(-4, 4) / 20) * np.sqrt(2)  # a sine's RMS is its amplitude / sqrt(2)
     return (bed + level * wave).astype(np.float32)
 
 
