@@ -42,6 +42,7 @@ setup(
         "test": [
             "jax>=0.4.34",  # tests/test_jax_backend.py runs the model path and training steps on JAX
             "pytest>=8",
+            "pytest-xdist>=3.5",  # the suite runs on 2 processes (pyproject addopts), a test file per process
             "ruff>=0.6",
             "nbclient>=0.10",
             "nbformat>=5.10",
