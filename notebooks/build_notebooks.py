@@ -412,31 +412,49 @@ print(example.name, "->", [(e["label"], round(e["probability"], 3)) for e in pre
 # ------------------------------------------------------------------------------------ 03 Epic ensemble
 EPIC = [
     ("md", """
-# Evaluate and ensemble several models on Epic-Kitchens-100
+# Evaluate and ensemble M&M models on Epic-Kitchens-100
 
-The Epic-Kitchens-100 action-recognition recipe: score each model on the validation split, search the
-weights of a score-level ensemble on validation, then fuse the test-set scores with those weights and
-write the challenge submission.
+The Epic-Kitchens-100 action-recognition recipe, from the models' results files to the challenge zip:
+score each model on the validation split with the official metrics, search the weights of a score-level
+ensemble on validation (and measure its gain on held-out videos), then fuse the test scores with those
+weights and write the submission.
 
-> **The model scores in this notebook are simulated.** The Epic-Kitchens videos (about 700 GB) are not
-> available here, so no model can actually be run on them. Each "model" below is a set of verb and noun
-> scores generated from the real validation ground truth plus noise of different strengths; the
-> narration ids, labels, tail classes and unseen participants are the real ones (read at run time from
-> the official CSVs in `shared/data/epic_kitchens`, CC BY-NC 4.0). The numbers therefore show how the
-> tools work, **not** how well any model does. With real models you would get each results file from
-> `mtv evaluate --out=model_a.npz` and everything from step 2 on stays the same.
+**Where the results come from.** A results file holds one model's verb and noun scores per segment, keyed by
+`narration_id`. `mtv evaluate` writes it for a trained model, once on the validation records and once on the
+test records:
+
+```
+mtv evaluate --checkpoint=runs/rgb_audio --data='records/validation-*.tfrecord' --out=results/rgb_audio_validation.npz
+mtv evaluate --checkpoint=runs/rgb_audio --data='records/test-*.tfrecord' --out=results/rgb_audio_test.npz
+```
+
+* **Your own models:** set `results_dir` to the folder of your `NAME_validation.npz` / `NAME_test.npz` files;
+  the labels and test segments are then the official `EPIC_100_validation.csv` and
+  `EPIC_100_test_timestamps.csv` (in `shared/data/epic_kitchens`, CC BY-NC 4.0).
+* **Without them** (the default) the notebook reads what `examples/epic_entry.py` writes, and runs it first
+  into `example_dir` if it has not been run there (about a minute on 2 CPU cores). That script makes a
+  small Epic-style split from two real clips with audio, prepares records with RGB, flow and audio, trains two
+  tiny M&M models (RGB + audio, RGB + flow) with `mtv train` and evaluates them with `mtv evaluate`. The
+  models are real but tiny and trained for seconds on a dozen segments: their accuracies are near chance
+  and say nothing about M&M. The metrics, the weight search and the submission are exactly those of a
+  real entry.
 """),
     ("code", """
 # Parameters (a runner such as papermill may override this cell).
 shared_dir = None  # the project's shared folder; None: $MTV_SHARED_DIR, else ../shared beside the repository
-seed = 0
+results_dir = None  # folder of NAME_validation.npz + NAME_test.npz (mtv evaluate); None: the example's
+validation_csv = None  # validation labels; None: the example's, or EPIC_100_validation.csv with results_dir
+test_timestamps_csv = None  # test segments; None: the example's, or EPIC_100_test_timestamps.csv with results_dir
+example_dir = "epic_entry"  # where examples/epic_entry.py writes (run there first if it holds no results)
+folds = 3  # held-out parts of whole videos for the ensemble's reported gain
 search_grid = 10  # the search tries each model's share of a head's weights at k / search_grid
-test_segments = None  # None: all test segments; a number keeps the first ones (a quick run, not submittable)
 sls_pt, sls_tl, sls_td = 0, 0, 0  # supervision levels of your models (github.com/epic-kitchens/sls): placeholders
 """, ["parameters"]),
     ("code", """
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -445,7 +463,7 @@ import numpy as np
 import mtv
 from mtv.epic import ensemble, search
 from mtv.epic import scoring as epic
-from mtv.epic.results import read_results, write_results
+from mtv.epic.results import read_results
 
 REPO = Path(mtv.__file__).resolve().parents[1]
 shared = Path(shared_dir or os.environ.get("MTV_SHARED_DIR") or REPO.parent / "shared")
@@ -453,60 +471,47 @@ EPIC_DIR = shared / "data" / "epic_kitchens"
 CSVS = {"tail_verb_classes_csv": EPIC_DIR / "EPIC_100_tail_verbs.csv",
         "tail_noun_classes_csv": EPIC_DIR / "EPIC_100_tail_nouns.csv",
         "unseen_participant_ids_csv": EPIC_DIR / "EPIC_100_unseen_participant_ids_validation.csv"}
-VALIDATION_CSV = EPIC_DIR / "EPIC_100_validation.csv"
-annotations = epic.read_annotations(VALIDATION_CSV)
-test_ids = epic.read_narration_ids(EPIC_DIR / "EPIC_100_test_timestamps.csv")
-if test_segments is not None:
-    test_ids = test_ids[:test_segments]
-print(f"validation: {len(annotations.narration_id)} segments; test: {len(test_ids)} segments")
+METRIC = "all_action_accuracy_at_1"  # what the weight search maximises (the challenge's main number)
+
+if results_dir is None:  # the tiny models of examples/epic_entry.py
+    example = Path(example_dir)
+    if not (example / "results").is_dir():
+        print(f"running examples/epic_entry.py into {example} ...")
+        done = subprocess.run([sys.executable, str(REPO / "examples" / "epic_entry.py"), f"--workdir={example}",
+                               f"--videos={shared / 'data' / 'videos'}", f"--epic_dir={EPIC_DIR}"],
+                              capture_output=True, text=True)
+        print(done.stderr)
+        if done.returncode != 0:
+            raise RuntimeError(f"examples/epic_entry.py failed (exit status {done.returncode}); see above")
+    results_dir = example / "results"
+    validation_csv = validation_csv or example / "annotations" / "EPIC_100_validation.csv"
+    test_timestamps_csv = test_timestamps_csv or example / "annotations" / "EPIC_100_test_timestamps.csv"
+results_dir = Path(results_dir)
+validation_csv = Path(validation_csv or EPIC_DIR / "EPIC_100_validation.csv")
+test_timestamps_csv = Path(test_timestamps_csv or EPIC_DIR / "EPIC_100_test_timestamps.csv")
+annotations = epic.read_annotations(validation_csv)
+test_ids = epic.read_narration_ids(test_timestamps_csv)
+print(f"results: {results_dir}\\nvalidation: {len(annotations.narration_id)} segments ({validation_csv.name}); "
+      f"test: {len(test_ids)} segments ({test_timestamps_csv.name})")
 """),
     ("md", """
-## 1. Simulated model scores (validation and test)
+## 1. The models' results files
 
-Three pretend models: `model_a` is better at verbs, `model_b` at nouns, and `model_c`, weaker at both,
-stands for a model of another modality (say audio) whose mistakes overlap less with the other two.
-A score matrix is a class-frequency prior, plus noise, plus a bonus on the true class whose size
-depends on the model, the head and how hard the segment is. Part of the noise and the hardness are
-shared by all models, so their mistakes are correlated, as real models' are (`model_a` and `model_b`
-share more of it than `model_c` does).
-
-For the **test** segments there are no public labels, so the "true" classes used to generate the test
-scores are drawn at random from the validation class frequencies: the test scores, and the submission
-made from them, are simulated too and meaningless for the leaderboard.
+Every model with both a `NAME_validation.npz` and a `NAME_test.npz` in `results_dir` takes part. A file holds
+the segment ids and, per head, the raw scores (`verb` [N, 97], `noun` [N, 300]), averaged over the test
+views (clips x crops) by `mtv evaluate`.
 """),
     ("code", """
-rng = np.random.default_rng(seed)
-# model -> (bonus on the true class per head, fraction of the noise shared with the other models)
-MODELS = {"model_a": ({"verb": 3.4, "noun": 3.0}, 0.8), "model_b": ({"verb": 3.0, "noun": 3.4}, 0.8),
-          "model_c": ({"verb": 2.8, "noun": 2.4}, 0.5)}
-truth = {"verb": annotations.verb_class, "noun": annotations.noun_class}
-prior = {head: np.bincount(truth[head], minlength=n) + 1.0
-         for head, n in (("verb", epic.VERB_CLASSES), ("noun", epic.NOUN_CLASSES))}
-test_truth = {head: rng.choice(len(p), size=len(test_ids), p=p / p.sum()) for head, p in prior.items()}
-SPLITS = {"validation": (annotations.narration_id, truth), "test": (test_ids, test_truth)}
-hardness = {split: rng.uniform(0.0, 0.8, len(ids)) for split, (ids, _) in SPLITS.items()}
-shared_noise = {split: {head: rng.normal(size=(len(ids), len(prior[head]))) for head in prior}
-                for split, (ids, _) in SPLITS.items()}
-
-
-def simulate(split: str, bonus: dict, shared: float) -> dict:
-    \"\"\"Raw scores [N, C] per head: log prior + (shared and own) noise + a bonus on the true class.\"\"\"
-    _, labels = SPLITS[split]
-    out = {}
-    for head, y in labels.items():
-        own_noise = rng.normal(size=(len(y), len(prior[head])))
-        noise = shared * shared_noise[split][head] + np.sqrt(1 - shared**2) * own_noise
-        scores = 0.5 * np.log(prior[head] / prior[head].sum()) + noise
-        scores[np.arange(len(y)), y] += bonus[head] * (1.0 - hardness[split])
-        out[head] = scores.astype(np.float32)
-    return out
-
-
-Path("results").mkdir(exist_ok=True)
-for name, (bonus, shared) in MODELS.items():
-    for split, (ids, _) in SPLITS.items():
-        write_results(f"results/{name}_{split}.npz", ids, simulate(split, bonus, shared))
-print(sorted(p.name for p in Path("results").iterdir()))
+NAMES = sorted(p.name.removesuffix("_validation.npz") for p in results_dir.glob("*_validation.npz")
+               if (results_dir / p.name.replace("_validation.npz", "_test.npz")).is_file())
+if len(NAMES) < 2:
+    raise ValueError(f"{results_dir}: an ensemble needs two or more models with NAME_validation.npz and "
+                     f"NAME_test.npz files, found {NAMES}")
+validation = {name: read_results(results_dir / f"{name}_validation.npz") for name in NAMES}
+test = {name: read_results(results_dir / f"{name}_test.npz") for name in NAMES}
+for name in NAMES:
+    shapes = {head: scores.shape for head, scores in validation[name].outputs.items()}
+    print(f"{name}: validation {len(validation[name])} segments {shapes}; test {len(test[name])} segments")
 """),
     ("md", """
 ## 2. Score each model
@@ -514,41 +519,52 @@ print(sorted(p.name for p in Path("results").iterdir()))
 `mtv.epic.scoring.compute_metrics` computes the official metrics (as `evaluate.py` of
 epic-kitchens/C1-Action-Recognition): top-1 / top-5 accuracy for verb, noun and action (a (verb, noun)
 pair ranked by the product of the softmaxed verb and noun scores), and top-1 on the tail classes and on
-the unseen participants. The `mtv epic-score` command prints the same table.
+the unseen participants. The `mtv epic-score` command prints the same numbers.
 """),
     ("code", """
-NAMES = list(MODELS)
-validation = [read_results(f"results/{name}_validation.npz") for name in NAMES]
-metrics = {name: epic.compute_metrics(results, VALIDATION_CSV, **CSVS)
-           for name, results in zip(NAMES, validation, strict=True)}
+metrics = {name: epic.compute_metrics(validation[name], validation_csv, **CSVS) for name in NAMES}
 SHOWN = ["all_verb_accuracy_at_1", "all_noun_accuracy_at_1", "all_action_accuracy_at_1",
          "all_action_accuracy_at_5", "tail_action_accuracy_at_1", "unseen_action_accuracy_at_1"]
-print(f"{'':10}" + "".join(f"{key.replace('_accuracy_at_', '@'):>16}" for key in SHOWN))
-for name, values in metrics.items():
-    print(f"{name:10}" + "".join(f"{values[key]:16.2f}" for key in SHOWN))
+
+
+def show(table: dict) -> None:
+    \"\"\"One row per model, one column per metric of SHOWN.\"\"\"
+    width = max(len(name) for name in table) + 2
+    print(" " * width + "".join(f"{key.replace('_accuracy_at_', '@'):>16}" for key in SHOWN))
+    for name, values in table.items():
+        print(f"{name:{width}}" + "".join(f"{values.get(key, float('nan')):16.2f}" for key in SHOWN))
+
+
+show(metrics)
 """),
     ("md", """
-## 3. Search the ensemble weights on validation
+## 3. Search the ensemble weights on validation, report them held out
 
-`mtv.epic.search.search_weights` finds separate verb and noun weights by coordinate ascent on the
-validation action top-1 accuracy (each model's share of a head's weights tried at `k / search_grid`);
-`fuse` averages the raw scores with those weights. Each single model is one of the candidates, so the
-ensemble is never worse than the best model on validation. Searching and reporting on the same split
-flatters the ensemble: `search.cross_validate` (and the `mtv ensemble --search` command) reports the
-numbers of weights searched on other parts of the validation set instead.
+`mtv.epic.search` finds separate verb and noun weights by coordinate ascent on the validation action top-1
+(each model's share of a head's weights tried at `k / search_grid`). A search flatters the ensemble on the
+segments it was fitted to, so `cross_validate` splits validation into `folds` parts of whole videos, fuses
+each part with weights searched on the other parts, and reports those out-of-fold numbers next to equal
+weights: that gain is the one to believe. The weights applied to the test set are then searched on all
+validation segments (their in-sample score, shown too, is never worse than the best single model, since
+each single model is one of the candidates). `mtv ensemble --search` does the same from the command line.
 """),
     ("code", """
-found = search.search_weights(validation, VALIDATION_CSV, grid=search_grid,
-                              metric="all_action_accuracy_at_1", **CSVS)
-weights, best = found.weights, found.score
-print("weights:", {head: {name: round(float(x), 3) for name, x in zip(NAMES, w, strict=True)}
-                   for head, w in weights.items()}, f"-> validation action top-1 {best:.2f}")
-fused = ensemble.fuse(validation, weights)
-metrics["ensemble"] = epic.compute_metrics(fused, VALIDATION_CSV, **CSVS)
-print(epic.metrics_table(metrics["ensemble"]))
-report = {"simulated": True, "metrics": metrics,
+cv = search.cross_validate([validation[name] for name in NAMES], validation_csv, folds=folds, grid=search_grid,
+                           metric=METRIC, **CSVS)
+weights = cv.final.weights
+print(f"held-out {METRIC}: {cv.held_out_metrics[METRIC]:.2f} (equal weights {cv.equal_metrics[METRIC]:.2f}, "
+      f"gain {cv.gain:+.2f}) over {folds} parts of whole videos")
+print("weights for the test set:", {head: {name: round(float(x), 3) for name, x in zip(NAMES, w, strict=True)}
+                                    for head, w in weights.items()})
+metrics["ensemble (held out)"] = epic.compute_metrics(cv.held_out, validation_csv, **CSVS)
+fused = ensemble.fuse([validation[name] for name in NAMES], weights)
+metrics["ensemble (in-sample)"] = epic.compute_metrics(fused, validation_csv, **CSVS)
+report = {"results_dir": str(results_dir), "models": NAMES, "metric": METRIC, "folds": folds,
+          "held_out": cv.held_out_metrics[METRIC], "equal_weights": cv.equal_metrics[METRIC], "gain": cv.gain,
+          "metrics": metrics,
           "weights": {head: dict(zip(NAMES, w.tolist(), strict=True)) for head, w in weights.items()}}
 Path("epic_metrics.json").write_text(json.dumps(report, indent=1))
+show(metrics)
 """),
     ("code", """
 tasks = ["all_verb_accuracy_at_1", "all_noun_accuracy_at_1", "all_action_accuracy_at_1"]
@@ -556,11 +572,11 @@ fig, ax = plt.subplots(figsize=(8, 3.5))
 width = 0.8 / len(metrics)
 for i, (name, values) in enumerate(metrics.items()):
     bars = ax.bar(np.arange(len(tasks)) + i * width, [values[t] for t in tasks], width, label=name,
-                  color="tab:red" if name == "ensemble" else None)
+                  color={"ensemble (held out)": "tab:red", "ensemble (in-sample)": "mistyrose"}.get(name))
     ax.bar_label(bars, fmt="%.1f", fontsize=7)
 ax.set_xticks(np.arange(len(tasks)) + width * (len(metrics) - 1) / 2, ["verb top-1", "noun top-1", "action top-1"])
 ax.set_ylabel("accuracy (%)")
-ax.set_title("Epic-Kitchens-100 validation, SIMULATED model scores")
+ax.set_title(f"validation ({len(annotations.narration_id)} segments): {results_dir}", fontsize=8)
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig("epic_accuracies.png", dpi=80)
@@ -569,21 +585,21 @@ plt.show()
     ("md", """
 ## 4. Fuse the test scores and write the submission
 
-The test results are fused with the validation weights, and `mtv.epic.scoring.make_submission` (the
-`mtv submission` command) writes `submission.zip` holding `test.json`: version 0.2, the challenge name,
-the supervision levels, and per segment the 97 verb and 300 noun scores (byte for byte what the official
-`create_submission.py` writes), plus here the optional top-100 actions (`include_actions=True`).
-`expected_ids` checks that every test segment has scores. Remember: these scores are simulated, so this
-file only shows the format; do not upload it.
+The test results are fused with the weights searched on all validation segments, and
+`mtv.epic.scoring.make_submission` (the `mtv submission` command) writes `submission.zip` holding `test.json`:
+version 0.2, the challenge name, the supervision levels, and per segment the 97 verb and 300 noun scores
+(byte for byte what the official `create_submission.py` writes; `include_actions=True` adds the top-100
+actions). `expected_ids` checks that the scores cover exactly the test segments: with the official CSV, all
+13,092 of them. The example's zip covers only its own test segments, so it shows the format and is not
+for upload.
 """),
     ("code", """
-test = [read_results(f"results/{name}_test.npz") for name in NAMES]
-fused_test = ensemble.fuse(test, weights)
+fused_test = ensemble.fuse([test[name] for name in NAMES], weights)
 submission = epic.make_submission(fused_test, "submission.zip", sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
-                                  include_actions=True, expected_ids=test_ids)
+                                  expected_ids=test_ids)
 content = epic.read_submission(submission)
 first = next(iter(content["results"]))
-print(submission, f"{submission.stat().st_size / 1e6:.1f} MB:",
+print(submission, f"{submission.stat().st_size / 1e3:.1f} kB:",
       {k: v for k, v in content.items() if k != "results"}, f"{len(content['results'])} segments")
 print(first, {head: len(scores) for head, scores in content["results"][first].items()})
 """),

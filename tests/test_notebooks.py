@@ -131,10 +131,14 @@ def test_committed_notebooks_match_their_builder():
     assert _builder().main(["--check"]) == 0, "run: python3 notebooks/build_notebooks.py"
 
 
-def test_epic_notebook_says_its_scores_are_simulated():
+def test_epic_notebook_reads_results_files_of_trained_models_not_simulated_scores():
     nb = nbformat.read(NOTEBOOK_DIR / NAMES[2], as_version=4)
     intro = nb.cells[0].source
-    assert "simulated" in intro.lower() and "not** how well" in intro
+    assert "mtv evaluate" in intro and "examples/epic_entry.py" in intro and "results_dir" in intro
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "read_results" in code and "epic_entry.py" in code
+    for word in ("simulat", "default_rng", "np.random"):  # no score is made up
+        assert word not in code, word
 
 
 # ------------------------------------------------------------------------------------------ execution
@@ -204,31 +208,36 @@ def test_finetune_notebook_trains_in_two_phases_and_exports(execute, tmp_path, f
                                tuned(x, training=False).numpy(), atol=1e-4)
 
 
-def test_epic_notebook_scores_ensembles_and_writes_a_submission(execute, tmp_path, epic_dir, shared_dir):
+def test_epic_notebook_ensembles_the_models_the_example_trained(execute, tmp_path, shared_dir, tmp_path_factory):
     from mtv.epic import scoring as epic
-    nb = execute(NAMES[2], {"shared_dir": str(shared_dir), "search_grid": 4, "test_segments": 40, "seed": 1})
-    with open(epic_dir / "EPIC_100_test_timestamps.csv") as f:
-        first_test_ids = [row["narration_id"] for row in csv.DictReader(f)][:40]
+    from tests.epic_entry_run import epic_entry_run
+
+    entry = epic_entry_run(tmp_path_factory)  # the run tests/test_examples.py checks (made once per session)
+    nb = execute(NAMES[2], {"shared_dir": str(shared_dir), "example_dir": str(entry.workdir)})
+    assert "running examples/epic_entry.py" not in _text(nb)  # its results were there: read, not remade
+    with open(entry.report["test_timestamps_csv"]) as f:
+        test_ids = [row["narration_id"] for row in csv.DictReader(f)]
     content = epic.read_submission(tmp_path / "submission.zip")
     assert content["version"] == "0.2" and content["challenge"] == "action_recognition"
-    assert list(content["results"]) == first_test_ids
-    segment = content["results"][first_test_ids[0]]
-    assert len(segment["verb"]) == 97 and len(segment["noun"]) == 300 and len(segment["action"]) == 100
+    assert list(content["results"]) == test_ids
+    segment = content["results"][test_ids[0]]
+    assert set(segment) == {"verb", "noun"} and len(segment["verb"]) == 97 and len(segment["noun"]) == 300
 
     report = json.loads((tmp_path / "epic_metrics.json").read_text())
-    assert report["simulated"] is True
+    models = entry.report["models"]
+    assert report["models"] == sorted(models)
     metrics = report["metrics"]
-    assert set(metrics) == {"model_a", "model_b", "model_c", "ensemble"}
-    csvs = {"tail_verb_classes_csv": epic_dir / "EPIC_100_tail_verbs.csv",
-            "tail_noun_classes_csv": epic_dir / "EPIC_100_tail_nouns.csv",
-            "unseen_participant_ids_csv": epic_dir / "EPIC_100_unseen_participant_ids_validation.csv"}
-    rescored = epic.compute_metrics(tmp_path / "results" / "model_b_validation.npz",
-                                    epic_dir / "EPIC_100_validation.csv", **csvs)
-    assert rescored == pytest.approx(metrics["model_b"])
-    assert "unseen_action_accuracy_at_1" in rescored and "tail_action_accuracy_at_1" in rescored
-    # Every single model is a candidate of the search, so the chosen ensemble cannot be worse.
-    best_single = max(metrics[m]["all_action_accuracy_at_1"] for m in ("model_a", "model_b", "model_c"))
-    assert metrics["ensemble"]["all_action_accuracy_at_1"] >= best_single
-    assert all(sum(w.values()) == pytest.approx(1.0) for w in report["weights"].values())  # per head
+    assert set(metrics) == {*models, "ensemble (held out)", "ensemble (in-sample)"}
+    for name in models:  # the notebook's scores of each model are those `mtv epic-score` printed in the example
+        assert metrics[name] == pytest.approx(models[name]["validation"])
+    # The same held-out protocol (folds, grid, seed) as the example's `mtv ensemble --search`.
+    cli = entry.report["ensemble"]
+    assert metrics["ensemble (held out)"] == pytest.approx(cli["validation_held_out"])
+    assert report["gain"] == pytest.approx(cli["gain"], abs=2e-4)
+    for head in ("verb", "noun"):
+        assert [report["weights"][head][m] for m in sorted(models)] == pytest.approx(cli["weights"][head], abs=1e-3)
+    # Every single model is a candidate of the search, so the in-sample ensemble cannot be worse.
+    best_single = max(metrics[m]["all_action_accuracy_at_1"] for m in models)
+    assert metrics["ensemble (in-sample)"]["all_action_accuracy_at_1"] >= best_single
     _assert_png(tmp_path / "epic_accuracies.png")
     assert "submission.zip" in _text(nb)
