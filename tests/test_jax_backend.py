@@ -170,3 +170,29 @@ def test_the_readmes_from_jax_example_runs_and_hands_its_weights_to_scenic(jax_s
             np.testing.assert_array_equal(written[key], tuned[key], err_msg=key)
         before = mtv.load("camera-motion").flax_params()
         assert max(float(np.abs(tuned[k] - np.asarray(v)).max()) for k, v in before.items()) > 0
+
+
+_LEARN = """
+import json, sys
+from mtv.io.configs import load_config
+from mtv.training.trainer import train
+config = load_config(sys.argv[1])
+config.dataset_configs.synthetic.videos = sys.argv[2]
+result = train(config, sys.argv[3])
+import keras
+print(json.dumps({"backend": keras.backend.backend(), "step": result.step, **result.eval}))
+"""
+
+
+def test_the_tiny_mtv_learns_camera_motion_on_jax_too(videos_dir, tmp_path):
+    """Issue 14: the 'it learns' test of tests/test_train.py, on Keras' JAX backend (tf.data still reads the data)."""
+    import os
+
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "MTV_CACHE_DIR": str(tmp_path / "cache")}
+    tiny = REPO / "configs" / "camera_motion" / "camera_motion_tiny.py"
+    proc = subprocess.run([sys.executable, "-c", _LEARN, str(tiny), str(videos_dir), str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "jax" and result["step"] == 400
+    assert result["accuracy"] > 4 * 100.0 / 13, result  # chance is 1/13, as in test_train.py

@@ -52,7 +52,8 @@ def test_tiny_mtv_learns_camera_motion_far_above_chance(trained):
     losses = np.array([s["loss"] for s in steps])
     assert losses[-50:].mean() < losses[:50].mean() - 0.5
     warm = config.lr_configs.warmup_steps
-    assert steps[0]["learning_rate"] == 0.0 and steps[int(warm) // 2]["learning_rate"] == pytest.approx(0.05, rel=1e-6)
+    assert steps[0]["learning_rate"] == 0.0 and steps[int(warm) // 2]["learning_rate"] == pytest.approx(
+        config.lr_configs.base_learning_rate / 2, rel=1e-6)
     assert [s for s, _ in ckpt_lib.list_checkpoints(result.workdir)] == [200, 300, 400]
     assert list((result.workdir / "tensorboard").glob("events.out.tfevents.*"))
 
