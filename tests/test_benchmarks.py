@@ -1,6 +1,7 @@
 """The benchmark helpers: the HLO FLOP counter against hand counts, and both scripts end to end, tiny."""
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -230,3 +231,16 @@ def test_the_wheel_download_targets_the_gpu_machines_python():
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "--only-binary=:all:" in cmd
     assert cmd[cmd.index("--python-version") + 1] == "3.12" and "manylinux_2_17_x86_64" in cmd
     assert any(arg.startswith("keras==") for arg in cmd) and any(arg.startswith("optree==") for arg in cmd)
+
+
+def test_the_fusion_benchmark_runs_end_to_end_on_a_tiny_budget(videos_dir, tmp_path):
+    """benchmarks/fusion.py (the README's fusion numbers): records, three stream sets, the JSON report."""
+    cmd = [sys.executable, str(common.REPO / "benchmarks" / "fusion.py"), f"--videos={videos_dir}",
+           f"--workdir={tmp_path}", "--steps=2", "--batch=4", "--lrs=0.1", "--num_train=18", "--num_eval=9"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report) == {"rgb", "audio", "rgb+audio", "setup"}
+    for name in ("rgb", "audio", "rgb+audio"):
+        assert report[name]["picked_lr"] == 0.1 and report[name]["test"]["count"] == 9
+        assert 0.0 <= report[name]["test"]["top1"] <= 1.0

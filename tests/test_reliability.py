@@ -70,7 +70,8 @@ def test_resuming_a_workdir_with_a_changed_config_is_refused_listing_the_changes
     with pytest.raises(ConfigError) as info:
         train(changed, workdir)
     message = str(info.value)
-    assert "batch_size: 2 -> 4" in message and "lr_configs.base_learning_rate: 0.1 -> 0.5" in message
+    before = _tiny().lr_configs.base_learning_rate
+    assert "batch_size: 2 -> 4" in message and f"lr_configs.base_learning_rate: {before} -> 0.5" in message
     assert "--allow_config_change" in message and "model" not in message
     assert (workdir / "config.json").read_text() == recorded
     assert [s for s, _ in ckpt_lib.list_checkpoints(workdir)] == [2]
