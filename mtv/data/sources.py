@@ -53,6 +53,17 @@ def step_dataset(batch_at: Callable[[int], tuple], signature: tuple, start_step:
     return ds.map(fetch, num_parallel_calls=2, deterministic=True).prefetch(2)
 
 
+def epoch_indices(step: int, batch_size: int, count: int, seed: int) -> np.ndarray:
+    """The example indices of batch `step`: each epoch visits all `count` examples in its own seeded order."""
+    positions = step * batch_size + np.arange(batch_size)
+    epochs, offsets = np.divmod(positions, count)
+    idx = np.empty(batch_size, np.int64)
+    for epoch in np.unique(epochs):
+        order = np.random.default_rng([seed, int(epoch)]).permutation(count)
+        idx[epochs == epoch] = order[offsets[epochs == epoch]]
+    return idx
+
+
 def normalize_frames(frames: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] -> float32 [-1, 1]; float input is taken as already normalised."""
     from mtv.data.preprocessor import normalize  # the evaluation pipeline's scaling, on NumPy arrays
@@ -102,12 +113,7 @@ def array_source(frames: np.ndarray, labels: Mapping[str, np.ndarray] | np.ndarr
 
     def make(batch_size: int, start_step: int, seed: int) -> tf.data.Dataset:
         def batch_at(step: int):
-            positions = step * batch_size + np.arange(batch_size)
-            epochs, offsets = np.divmod(positions, count)
-            idx = np.empty(batch_size, np.int64)
-            for epoch in np.unique(epochs):
-                order = np.random.default_rng([seed, int(epoch)]).permutation(count)
-                idx[epochs == epoch] = order[offsets[epochs == epoch]]
+            idx = epoch_indices(step, batch_size, count, seed)
             x = normalize_frames(frames[idx])
             if random_flip:
                 flip = np.random.default_rng([seed, 1 << 20, step]).random(batch_size) < 0.5

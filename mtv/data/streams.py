@@ -118,12 +118,9 @@ def stream_array_source(streams: Mapping[str, np.ndarray], labels: Mapping[str, 
 
     def make(batch_size: int, start_step: int, seed: int):
         def batch_at(step: int):
-            positions = step * batch_size + np.arange(batch_size)
-            epochs, offsets = np.divmod(positions, count)
-            idx = np.empty(batch_size, np.int64)
-            for epoch in np.unique(epochs):
-                order = np.random.default_rng([seed, int(epoch)]).permutation(count)
-                idx[epochs == epoch] = order[offsets[epochs == epoch]]
+            from mtv.data.sources import epoch_indices
+
+            idx = epoch_indices(step, batch_size, count, seed)
             return normalize_streams({m: v[idx] for m, v in streams.items()}), {k: v[idx] for k, v in hot.items()}
 
         sig = ({m: tf.TensorSpec((batch_size, *v.shape[1:]), tf.float32) for m, v in streams.items()},
