@@ -16,6 +16,7 @@ Without TensorFlow (Keras' JAX backend), `predict`, `zoo`, `cache`, `convert`, `
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 
@@ -163,11 +164,27 @@ def main() -> None:
     while argv and argv[0] in ("--verbose", "--noverbose"):
         verbose = argv.pop(0) == "--verbose"
     if verbose:
-        sys.exit(run(argv))
+        _exit(run(argv))
     with Quiet() as _QUIET:
         code = run(argv)
     _QUIET = None
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Ends the process once its outputs are flushed, skipping C++ static destructors.
+
+    Every file a command writes is closed (and renamed into place) before `run` returns. What is left at
+    exit is TensorFlow's runtime: tf.data and thread-pool threads still joinable when the interpreter tears
+    down can make libstdc++ abort ("terminate called without an active exception", exit -6) after a
+    successful `mtv train`, seen intermittently in CI. `os._exit` after flushing avoids that teardown.
+    """
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code if isinstance(code, int) else 1)
 
 
 if __name__ == "__main__":
