@@ -105,12 +105,7 @@ def jax_main(args) -> dict:
     times = jax_bench.time_forward(program, call_args, args.runs, args.warmup)
     record = {"benchmark": "inference", "backend": "jax", "config": args.config, "input_shape": list(clip.shape),
               "dtype": args.dtype, "params": model.count_params(), **jax_bench.record(program, times, args.batch)}
-    if not args.no_peak:
-        rate = jax_bench.matmul_rate(args.peak_n, "bfloat16" if args.dtype == "bfloat16" else "float32")
-        record["matmul_peak_gflops"] = common.sig(rate)
-        if "achieved_gflops" in record:
-            record["fraction_of_peak"] = common.sig(record["achieved_gflops"] / rate, 3)
-    record.update(jax_bench.device_info())
+    jax_bench.add_peak_and_device(record, args.dtype, None if args.no_peak else args.peak_n)
     record.update(common.machine())
     common.emit(record)
     return record

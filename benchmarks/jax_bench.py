@@ -185,6 +185,17 @@ def matmul_rate(n: int, dtype: str, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def add_peak_and_device(record: dict, dtype: str, peak_n: int | None) -> dict:
+    """Adds the same-run matmul rate (unless `peak_n` is None), the fraction of it achieved, and the device."""
+    if peak_n is not None:
+        rate = matmul_rate(peak_n, "bfloat16" if dtype == "bfloat16" else "float32")
+        record["matmul_peak_gflops"] = _sig(rate)
+        if "achieved_gflops" in record:
+            record["fraction_of_peak"] = _sig(record["achieved_gflops"] / rate, 3)
+    record.update(device_info())
+    return record
+
+
 def device_info() -> dict:
     """The device the programs run on, and the peak memory it has seen in this process (None on a CPU)."""
     device = jax.devices()[0]

@@ -112,12 +112,7 @@ def jax_main(args) -> dict:
     record["forward_median_s"] = fwd["median_s"]
     record["forward_gflop"] = fwd.get("gflop")
     record["step_over_forward"] = common.sig(record["median_s"] / fwd["median_s"], 3)
-    if not args.no_peak:
-        rate = jax_bench.matmul_rate(args.peak_n, "bfloat16" if args.dtype == "bfloat16" else "float32")
-        record["matmul_peak_gflops"] = common.sig(rate)
-        if "achieved_gflops" in record:
-            record["fraction_of_peak"] = common.sig(record["achieved_gflops"] / rate, 3)
-    record.update(jax_bench.device_info())
+    jax_bench.add_peak_and_device(record, args.dtype, None if args.no_peak else args.peak_n)
     record.update(common.machine())
     common.emit(record)
     return record
