@@ -142,3 +142,43 @@ def check_audio_covers(video: Video, tolerance: float = AUDIO_GAP_TOLERANCE, wha
     if missing > tolerance:
         raise DataError(f"{what}: the audio track covers {start:.3f}-{stop:.3f} s of the {video.duration:.3f} s of "
                         f"frames ({missing:.3f} s without sound, more than the {tolerance} s allowed)")
+
+
+def resample_tf(audio, rate, new_rate: int):
+    """`resample` as TF ops (float64 spectrum, the same bins kept), for a rate known only in-graph."""
+    audio = tf.convert_to_tensor(audio, tf.float32)
+    rate = tf.cast(rate, tf.float64)
+
+    def change():
+        n_in = tf.shape(audio, out_type=tf.int64)[0]
+        n_out = tf.cast(tf.round(tf.cast(n_in, tf.float64) * new_rate / rate), tf.int64)
+        spectrum = tf.signal.rfft(tf.cast(audio, tf.float64))
+        keep = tf.minimum(tf.shape(spectrum, out_type=tf.int64)[0], n_out // 2 + 1)
+        out = tf.pad(spectrum[:keep], [[0, n_out // 2 + 1 - keep]])
+        wave = tf.signal.irfft(out, tf.reshape(tf.cast(n_out, tf.int32), [1]))
+        return tf.cast(wave * (tf.cast(n_out, tf.float64) / tf.cast(n_in, tf.float64)), tf.float32)
+
+    same = tf.logical_or(tf.equal(rate, float(new_rate)), tf.equal(tf.size(audio), 0))
+    return tf.cond(same, lambda: audio, change)
+
+
+def clip_waveform_tf(audio, sample_rate, fps, indices, config: AudioConfig = AudioConfig(),
+                     num_spec_frames: int | None = None) -> tf.Tensor:
+    """`clip_waveform` as TF ops: float32 [samples]; `indices` is one clip's frame indices."""
+    indices = tf.reshape(tf.cast(indices, tf.int64), [-1])
+    audio = resample_tf(audio, sample_rate, config.sample_rate)
+    fps = tf.cast(fps, tf.float64)
+
+    def at(frame):  # round(frame / fps * rate), in clip_waveform's order of operations
+        return tf.cast(tf.round(tf.cast(frame, tf.float64) / fps * config.sample_rate), tf.int64)
+
+    start = at(indices[0])
+    if num_spec_frames is not None:
+        length = tf.constant(num_samples_for(num_spec_frames, config), tf.int64)
+    else:
+        ordered = tf.reduce_all(indices[1:] >= indices[:-1])
+        last = tf.where(ordered, tf.reduce_max(indices), indices[0] + tf.size(indices, out_type=tf.int64) - 1)
+        length = tf.maximum(at(last + 1) - start, config.window)
+    available = tf.shape(audio, out_type=tf.int64)[0]
+    padded = tf.pad(audio, [[0, tf.maximum(start + length - available, 0)]])
+    return padded[start:start + length]

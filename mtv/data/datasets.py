@@ -16,7 +16,8 @@ A new dataset is a function `build(request: DatasetRequest) -> DataSpec` decorat
 The data feeds the model's input streams (`mtv.data.streams`): the registry asks the model config for them
 (`model_streams`: RGB alone for MTV; rgb/flow/audio for M&M) and the TFRecord and CSV datasets read them,
 sized as the model takes them; the 'arrays' dataset takes a dict of stream arrays. `train_dataset` hands the
-model exactly its streams, mixes them with one mixup lambda per batch and applies modality dropout.
+model exactly its streams, mixes them with one mixup lambda per batch and applies modality dropout; under
+tf.distribute it builds one input pipeline's per-replica batches (`input_context`).
 
 Co-finetuning (`config.cofinetune = True`) reads `config.datasets`, a list of dataset entries each with
 `name`, `dataset_name`, `dataset_configs` (overrides of the main one), `num_classes` and
@@ -155,30 +156,36 @@ class TrainingData:
 
     def train_dataset(self, batch_size: int, *, seed: int, start_step: int = 0, mixup_alpha: float = 0.0,
                       inputs: Mapping[str, tuple] | None = None,
-                      modality_dropout: Mapping[str, float] | None = None) -> tf.data.Dataset:
+                      modality_dropout: Mapping[str, float] | None = None,
+                      input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         """Global training batches (inputs, labels by head) from step `start_step` on.
 
         inputs: the model's `input_shapes`; each dataset is checked against them and gives exactly those
           streams (a bare clip for one). modality_dropout: {stream: probability} (`mixing.drop_modalities`),
           applied after mixup so a dropped stream is exactly the missing value the model sees at test time.
+        input_context: under tf.distribute, the input pipeline to build: its per-replica batches of
+          batch_size / replicas examples from per-pipeline sources, mixed per replica batch (`mtv.data.mixing`).
         """
         from mtv.data import mixing
+        from mtv.data.sources import PipelineShare
 
+        share = None if input_context is None else PipelineShare.of(batch_size, input_context)
         single = len(self.heads) == 1
         datasets = []
         for i, (spec, label_map) in enumerate(self.parts):
-            ds = spec.source.batches(batch_size, start_step, seed + 1000 * i)
+            ds = spec.source.batches(batch_size, start_step, seed + 1000 * i, input_context)
             if inputs is not None:
                 ds = _fit_inputs(ds, inputs, f"dataset '{spec.name}'")
             datasets.append(mixing.to_heads(ds, label_map, self.heads, single))
         dataset = datasets[0] if len(datasets) == 1 else mixing.mixture(datasets, self.weights, seed=seed,
-                                                                           start_step=start_step)
+                                                                           start_step=start_step, share=share)
         if mixup_alpha > 0:
-            dataset = mixing.mixup_batches(dataset, mixup_alpha, seed=seed, start_step=start_step)
+            dataset = mixing.mixup_batches(dataset, mixup_alpha, seed=seed, start_step=start_step, share=share)
         if modality_dropout:
             if not isinstance(dataset.element_spec[0], Mapping):
                 raise ConfigError("config.modality_dropout needs a model with several streams (model.modalities)")
-            dataset = mixing.modality_dropout_batches(dataset, modality_dropout, seed=seed, start_step=start_step)
+            dataset = mixing.modality_dropout_batches(dataset, modality_dropout, seed=seed, start_step=start_step,
+                                                      share=share)
         return dataset.prefetch(2)
 
 
@@ -211,7 +218,7 @@ class RegisteredDataset:
 
 
 _REGISTRY: dict[str, RegisteredDataset] = {}
-_BUILTIN_MODULES = ("mtv.data.synthetic",)  # modules that register datasets when imported
+_BUILTIN_MODULES = ("mtv.data.synthetic", "mtv.long.datasets")  # modules that register datasets when imported
 
 
 def register_dataset(name: str, *, num_classes: int | None = None,

@@ -140,3 +140,22 @@ def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
         return flow
     out = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in flow])
     return (out * np.array([width / w, height / h], np.float32)).astype(np.float32)
+
+
+def dequantize_tf(flow_uint8):
+    """`dequantize` as TF ops: uint8 flow (128 = zero) -> float32 (q - 128) / 128."""
+    import tensorflow as tf
+
+    return (tf.cast(flow_uint8, tf.float32) - 128.0) / 128.0
+
+
+def resize_flow_tf(flow, height, width):
+    """`resize_flow` as TF ops (bilinear, half-pixel centres like OpenCV's INTER_LINEAR), displacements scaled."""
+    import tensorflow as tf
+
+    shape = tf.shape(flow)
+    h, w = shape[1], shape[2]
+    scale = tf.stack([tf.cast(width, tf.float32) / tf.cast(w, tf.float32),
+                      tf.cast(height, tf.float32) / tf.cast(h, tf.float32)])
+    same = tf.logical_and(tf.equal(h, height), tf.equal(w, width))
+    return tf.cond(same, lambda: flow, lambda: tf.image.resize(flow, tf.stack([height, width])) * scale)

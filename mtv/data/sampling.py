@@ -66,3 +66,41 @@ def eval_clip_indices(num_total: int, num_frames: int, stride: int, num_clips: i
     offsets = eval_clip_offsets(num_total, num_frames, stride, num_clips)
     indices = offsets[:, None] + stride * np.arange(num_frames)[None, :]
     return _loop(indices, num_total, num_frames, stride, source)
+
+
+# --------------------------------------------------------------------------- TensorFlow (tf.data graphs)
+def train_clip_indices_tf(num_total, num_frames: int, stride: int, seed):
+    """`train_clip_indices` as TF ops: the offset is drawn uniformly with a stateless seed (int [2]).
+
+    No warning for a looped short video here (it would need a host callback); the index maths is the same.
+    """
+    import tensorflow as tf
+
+    num_total = tf.cast(num_total, tf.int64)
+    max_offset = tf.maximum(num_total - (num_frames - 1) * stride, 1)
+    offset = tf.random.stateless_uniform([], seed, 0, max_offset, dtype=tf.int64)
+    return (offset + stride * tf.range(num_frames, dtype=tf.int64)) % num_total
+
+
+def eval_clip_offsets_tf(num_total, num_frames: int, stride: int, num_clips: int):
+    """`eval_clip_offsets` as TF ops, bit-exact: NumPy's float64 linspace, rounded to float32, truncated."""
+    import tensorflow as tf
+
+    if num_clips < 1:
+        raise DataError(f"num_clips must be >= 1, got {num_clips}")
+    span = tf.maximum(tf.cast(num_total, tf.int64) - num_frames * stride, 0)
+    if num_clips == 1:
+        return tf.reshape(span // 2, [1])
+    stop = tf.cast(span, tf.float64)
+    steps = tf.range(num_clips, dtype=tf.float64) * (stop / (num_clips - 1))
+    steps = tf.concat([steps[:-1], tf.reshape(stop, [1])], 0)  # np.linspace sets the last one to `stop`
+    return tf.cast(tf.cast(steps, tf.float32), tf.int64)
+
+
+def eval_clip_indices_tf(num_total, num_frames: int, stride: int, num_clips: int):
+    """`eval_clip_indices` as TF ops: int64 [num_clips, num_frames]."""
+    import tensorflow as tf
+
+    offsets = eval_clip_offsets_tf(num_total, num_frames, stride, num_clips)
+    indices = offsets[:, None] + stride * tf.range(num_frames, dtype=tf.int64)[None, :]
+    return indices % tf.cast(num_total, tf.int64)

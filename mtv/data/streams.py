@@ -101,7 +101,7 @@ def stream_array_source(streams: Mapping[str, np.ndarray], labels: Mapping[str, 
     """
     import tensorflow as tf
 
-    from mtv.data.sources import Source, one_hot, step_dataset
+    from mtv.data.sources import PipelineShare, Source, epoch_indices, one_hot, step_dataset
 
     streams = {m: np.asarray(streams[m]) for m in MODALITIES if m in streams}
     if not streams:
@@ -116,15 +116,19 @@ def stream_array_source(streams: Mapping[str, np.ndarray], labels: Mapping[str, 
         raise DataError(f"dataset '{name}' is empty")
     normalize_streams({m: v[:1] for m, v in streams.items()})  # refuse bad dtypes before training starts
 
-    def make(batch_size: int, start_step: int, seed: int):
-        def batch_at(step: int):
-            from mtv.data.sources import epoch_indices
+    def make(batch_size: int, start_step: int, seed: int,
+             input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+        share = PipelineShare.of(batch_size, input_context)
+        rows = slice(share.start, share.stop)
 
-            idx = epoch_indices(step, batch_size, count, seed)
+        def batch_at(step: int):
+            idx = epoch_indices(step, batch_size, count, seed)[rows]
             return normalize_streams({m: v[idx] for m, v in streams.items()}), {k: v[idx] for k, v in hot.items()}
 
-        sig = ({m: tf.TensorSpec((batch_size, *v.shape[1:]), tf.float32) for m, v in streams.items()},
-               {k: tf.TensorSpec((batch_size, v.shape[1]), tf.float32) for k, v in hot.items()})
-        return step_dataset(batch_at, sig, start_step)
+        local = share.stop - share.start
+        sig = ({m: tf.TensorSpec((local, *v.shape[1:]), tf.float32) for m, v in streams.items()},
+               {k: tf.TensorSpec((local, v.shape[1]), tf.float32) for k, v in hot.items()})
+        ds = step_dataset(batch_at, sig, start_step)
+        return ds if input_context is None else share.split(ds)
 
     return Source(name, {k: v.shape[1] for k, v in hot.items()}, count, make)

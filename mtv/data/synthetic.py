@@ -246,21 +246,28 @@ def camera_motion_source(options: Mapping, *, num_frames: int, size: int, name: 
     """A `mtv.data.sources.Source` of freshly generated clips: batch `s` is rendered from `(seed, s)`."""
     import tensorflow as tf
 
-    from mtv.data.sources import Source, normalize_frames, one_hot, step_dataset
+    from mtv.data.sources import PipelineShare, Source, normalize_frames, one_hot, step_dataset
 
     options = dict(options or {})
     sources = _dataset_sources(options, videos, split="train")
     still = float(options.get("still_fraction", 0.3))
 
-    def make(batch_size: int, start_step: int, seed: int) -> tf.data.Dataset:
+    def make(batch_size: int, start_step: int, seed: int,
+             input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+        share = PipelineShare.of(batch_size, input_context)
+        rows = slice(share.start, share.stop)
+
         def batch_at(step: int):
+            # One generator draws the whole batch in sequence, so each pipeline renders it all and keeps its rows.
             clips, labels = generate(batch_size, sources=sources, num_frames=num_frames, size=size,
                                      seed=[seed, step], still_fraction=still)
-            return normalize_frames(clips), {"label": one_hot(labels, len(CLASSES))}
+            return normalize_frames(clips[rows]), {"label": one_hot(labels[rows], len(CLASSES))}
 
-        sig = (tf.TensorSpec((batch_size, num_frames, size, size, 3), tf.float32),
-               {"label": tf.TensorSpec((batch_size, len(CLASSES)), tf.float32)})
-        return step_dataset(batch_at, sig, start_step)
+        local = share.stop - share.start
+        sig = (tf.TensorSpec((local, num_frames, size, size, 3), tf.float32),
+               {"label": tf.TensorSpec((local, len(CLASSES)), tf.float32)})
+        ds = step_dataset(batch_at, sig, start_step)
+        return ds if input_context is None else share.split(ds)
 
     return Source(name, {"label": len(CLASSES)}, int(options.get("num_train", 6500)), make)
 

@@ -21,11 +21,17 @@ feature lists:
 Shards are named `<name>-00000-of-00004.tfrecord`. `make_dataset` accepts a glob, a directory, a list
 of files, or `<dir>/<name>@4` (Scenic's sharded-file notation, with our file names).
 
-`make_dataset` decodes records on the host (protobuf + OpenCV, only the sampled JPEGs), so a
-corrupt record, an undecodable JPEG, an out-of-range label or a missing flow/audio stream skips that
-example with a warning and counts it in a `SkipCounter`, instead of stopping the pipeline. Records
-written without a modality the model needs at all are refused up front (`check_modalities`): the
-first record is read before the pipeline is built.
+`make_dataset` is TensorFlow ops only (no Python in the graph, so it runs in parallel and off the
+GIL): the files are indexed once on the host (`mtv.data.record_index`: byte offset and length of
+every record, from the headers), and each record is read by index with a `FixedLengthRecordDataset`,
+parsed with `tf.io.parse_single_sequence_example`, and only its sampled JPEGs decoded. Training is a
+pure function of the example position (a global shuffle per epoch by `index_shuffle`, stateless
+seeds), so a resume starts at its step at once. A corrupt record, an undecodable JPEG, an
+out-of-range label or a missing flow/audio stream skips that example (`ignore_errors`, with
+TensorFlow's warning naming it) and counts it in a `SkipCounter`, instead of stopping the pipeline;
+the counter names each skipped record's fault by checking it again on the host. Records written
+without a modality the model needs at all are refused up front (`check_modalities`): the first
+record is read before the pipeline is built. `parse_example` and the writers stay host-side tools.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import glob
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -46,9 +52,9 @@ from absl import logging
 
 from mtv.data import audio as audio_lib
 from mtv.data import flow as flow_lib
-from mtv.data import transforms
+from mtv.data import sampling, transforms
 from mtv.data.config import DataConfig, data_config
-from mtv.data.sampling import eval_clip_indices, train_clip_indices
+from mtv.data.record_index import GraphIndex, RecordIndex, build_index
 from mtv.errors import ConfigError, DataError
 from mtv.utils.fileio import writing
 
@@ -136,7 +142,9 @@ def serialize_example(example: ClipExample, jpeg_quality: int = 90) -> bytes:
         third = np.full(flow.shape[:-1] + (1,), 128, np.uint8)
         lists[FLOW_KEY].feature.extend(
             _bytes([encode_jpeg(f, 95, full_chroma=True)]) for f in np.concatenate([flow, third], -1))
-    return seq.SerializeToString()
+    # Map entries in key order: protobuf's own order differs between processes, and `mtv data prepare`'s
+    # worker processes must write the same bytes as one process.
+    return seq.SerializeToString(deterministic=True)
 
 
 def _decode_jpegs(encoded: Sequence[bytes], what: str, numbers: Sequence[int] | None = None) -> list[np.ndarray]:
@@ -204,6 +212,15 @@ def record_modalities(record: bytes) -> tuple[str, ...]:
     """The modalities a serialized record holds, in MODALITIES order (a stream with no data is absent)."""
     lists = _parse(record).feature_lists.feature_list
     return tuple(m for m in MODALITIES if MODALITY_KEYS[m] in lists and lists[MODALITY_KEYS[m]].feature)
+
+
+def _read_file(path: str):
+    """The records of one TFRecord file, checksums verified (DataLossError past a corrupt one)."""
+    if _record_iterator is None:
+        yield from (r.numpy() for r in tf.data.TFRecordDataset(path))
+        return
+    with _silence():
+        yield from _record_iterator(path)
 
 
 def _first_record(files: Sequence[str]) -> tuple[str, bytes] | None:
@@ -349,24 +366,93 @@ def count_records(file_pattern) -> int:
 
 
 class SkipCounter:
-    """Counts (thread-safely) the examples a dataset skipped, and keeps the first reasons."""
+    """Counts (thread-safely) the examples a dataset skipped, and keeps the first reasons.
+
+    Skips found on the host (an unreadable file, a truncated one) are added with `add`. Skips inside a
+    tf.data graph are tallied there (`_GraphTally`, a lookup table the pipeline updates) and read back
+    by `count`; their reasons are found on demand, when `reasons` is read, by checking the skipped
+    records again on the host (the in-graph failure itself is logged by TensorFlow as a warning).
+    """
 
     def __init__(self, keep: int = 100):
-        self.count = 0
-        self.reasons: list[str] = []
+        self._count = 0
+        self._reasons: list[str] = []
         self._keep = keep
         self._lock = threading.Lock()
+        self._tallies: list[_GraphTally] = []
+
+    @property
+    def count(self) -> int:
+        """Examples skipped so far, on the host and in every pipeline counting into this counter."""
+        with self._lock:
+            tallies, count = list(self._tallies), self._count
+        return count + sum(t.count() for t in tallies)
+
+    @property
+    def reasons(self) -> list[str]:
+        """The first `keep` reasons, host skips first."""
+        with self._lock:
+            out, tallies = list(self._reasons), list(self._tallies)
+        for tally in tallies:
+            if len(out) >= self._keep:
+                break
+            out += tally.reasons(self._keep - len(out))
+        return out
 
     def add(self, reason: str) -> None:
         """Records one skipped example and logs a warning."""
         with self._lock:
-            self.count += 1
-            if len(self.reasons) < self._keep:
-                self.reasons.append(reason)
+            self._count += 1
+            if len(self._reasons) < self._keep:
+                self._reasons.append(reason)
         logging.warning("skipped an example: %s", reason)
+
+    def _register(self, tally: _GraphTally) -> None:
+        with self._lock:
+            self._tallies.append(tally)
 
     def __repr__(self) -> str:
         return f"SkipCounter(count={self.count})"
+
+
+class _GraphTally:
+    """In-graph skip counts of one pipeline: a lookup table holding the count and the first skip entries.
+
+    A table rather than a tf.Variable: a variable made under a tf.distribute scope would be mirrored onto the
+    devices, and the input pipeline runs on the host.
+    """
+
+    _COUNT, _STORED = -1, -2
+
+    def __init__(self, keep: int, explain: Callable[[int], list[str]]):
+        with tf.init_scope(), tf.device("/cpu:0"):
+            self.table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int64, default_value=0)
+        self.keep, self.explain = keep, explain
+        self._explained: dict[int, list[str]] = {}
+
+    def record(self, skips: tf.Tensor, entries: tf.Tensor) -> tf.Operation:
+        """Adds `skips` to the count and keeps `entries` (int64 [k]) while there is room (graph op)."""
+        state = self.table.lookup(tf.constant([self._COUNT, self._STORED], tf.int64))
+        new = entries[:tf.maximum(self.keep - state[1], 0)]
+        added = tf.size(new, out_type=tf.int64)
+        keys = tf.concat([[self._COUNT, self._STORED], state[1] + tf.range(added)], 0)
+        return self.table.insert(keys, tf.concat([[state[0] + tf.cast(skips, tf.int64), state[1] + added], new], 0))
+
+    def count(self) -> int:
+        """The skips counted so far."""
+        return int(self.table.lookup(tf.constant([self._COUNT], tf.int64))[0])
+
+    def reasons(self, limit: int) -> list[str]:
+        """Named reasons for the first kept entries (at most `limit`)."""
+        stored = int(self.table.lookup(tf.constant([self._STORED], tf.int64))[0])
+        out = []
+        for entry in self.table.lookup(tf.range(stored, dtype=tf.int64)).numpy().tolist():
+            if entry not in self._explained:
+                self._explained[entry] = self.explain(entry)
+            out += self._explained[entry]
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
 
 def _num_classes_by_name(label_names: Sequence[str], num_classes) -> dict[str, int]:
@@ -426,118 +512,205 @@ def _modality_settings(dataset_configs, config: DataConfig) -> tuple[audio_lib.A
     return audio_lib.AudioConfig(**audio), audio_frames, flow_frames
 
 
-class _RecordDecoder:
-    """Host-side decoding of one record into sampled uint8 clips, labels and id (or a skip)."""
+def _check_record(record: bytes, spec: _Spec) -> None:
+    """Host check of one record against what the pipeline needs; raises a DataError naming the first fault.
 
-    def __init__(self, spec: _Spec, counter: SkipCounter):
-        self.spec, self.counter = spec, counter
-
-    def dtypes(self) -> list[tf.DType]:
-        """Output dtypes, in `__call__`'s order."""
-        out = [tf.uint8] + [tf.float32] * len(self.spec.classes) + [tf.string]
-        out += [tf.float32] * ("flow" in self.spec.modalities) + [tf.float32] * ("audio" in self.spec.modalities)
-        return out + [tf.bool]
-
-    def __call__(self, record: bytes, seed: np.ndarray) -> list:
-        try:
-            return self._decode(record, seed) + [np.bool_(True)]
-        except Exception as e:  # anything wrong with one record must only skip that record
-            self.counter.add(str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}")
-            return self._dummy() + [np.bool_(False)]
-
-    def _dummy(self) -> list:
-        spec = self.spec
-        out = [np.zeros((1, 1, 1, 3), np.uint8)]
-        out += [np.zeros(c, np.float32) for c in spec.classes.values()] + [np.bytes_(b"")]
-        out += [np.zeros((1, 1, 1, 2), np.float32)] * ("flow" in spec.modalities)
-        out += [np.zeros((1, 1), np.float32)] * ("audio" in spec.modalities)
-        return out
-
-    def _decode(self, record: bytes, seed: np.ndarray) -> list:
-        spec, cfg = self.spec, self.spec.config
-        seq = _parse(record)
-        example_id = b"".join(_context(seq, ID_KEY, "bytes_list"))
-        what = f"example '{example_id.decode(errors='replace')}'"
-        encoded = _frame_bytes(seq, IMAGE_KEY)
-        if not encoded:
-            raise DataError(f"{what} has no '{IMAGE_KEY}' frames")
-        if spec.is_train:
-            rng = np.random.default_rng(np.asarray(seed, np.int64) & 0x7FFFFFFF)
-            indices = train_clip_indices(len(encoded), cfg.num_frames, cfg.stride, rng, source=what)
-        else:
-            indices = eval_clip_indices(len(encoded), cfg.num_frames, cfg.stride, cfg.num_test_clips,
-                                        source=what).reshape(-1)
-        unique, inverse = np.unique(indices, return_inverse=True)
-        decoded = _decode_jpegs([encoded[i] for i in unique], f"{what}: frame", unique)
-        frames = np.stack(decoded)[inverse]
-        out = [frames]
-        for name, count in spec.classes.items():
-            values = np.asarray(_context(seq, label_index_key(name), "int64_list"), np.int64) - cfg.label_offset
-            if values.size == 0:
-                raise DataError(f"{what} has no '{label_index_key(name)}' label")
-            if values.min() < 0 or values.max() >= count:
-                raise DataError(f"{what}: label '{name}' {values.tolist()} is outside [0, {count})")
-            hot = np.zeros(count, np.float32)
-            hot[values] = 1.0
-            out.append(hot)
-        out.append(np.bytes_(example_id))
-        if "flow" in spec.modalities:
-            out.append(self._flow(seq, indices, frames.shape[1:3], what, len(encoded)))
-        if "audio" in spec.modalities:
-            out.append(self._waveform(seq, indices, what))
-        return out
-
-    def _flow(self, seq, indices: np.ndarray, size: tuple[int, int], what: str, num_rgb: int) -> np.ndarray:
-        encoded = _frame_bytes(seq, FLOW_KEY)
-        if not encoded:
+    Used only to name why the pipeline skipped a record: every frame is decoded (the pipeline decodes
+    only the sampled ones), so the fault is found wherever the sampled clip fell.
+    """
+    cfg = spec.config
+    seq = _parse(record)
+    what = f"example '{b''.join(_context(seq, ID_KEY, 'bytes_list')).decode(errors='replace')}'"
+    encoded = _frame_bytes(seq, IMAGE_KEY)
+    if not encoded:
+        raise DataError(f"{what} has no '{IMAGE_KEY}' frames")
+    _decode_jpegs(encoded, f"{what}: frame")
+    for name, count in spec.classes.items():
+        values = np.asarray(_context(seq, label_index_key(name), "int64_list"), np.int64) - cfg.label_offset
+        if values.size == 0:
+            raise DataError(f"{what} has no '{label_index_key(name)}' label")
+        if values.min() < 0 or values.max() >= count:
+            raise DataError(f"{what}: label '{name}' {values.tolist()} is outside [0, {count})")
+    if "flow" in spec.modalities:
+        flow = _frame_bytes(seq, FLOW_KEY)
+        if not flow:
             raise DataError(f"{what} has no '{FLOW_KEY}' flow frames")
-        cfg, clips = self.spec.config, indices.reshape(-1, self.spec.config.num_frames)
-        if self.spec.flow_frames != cfg.num_frames:  # spread the flow frames over each RGB clip
-            span = np.linspace(0, (cfg.num_frames - 1) * cfg.stride, self.spec.flow_frames).round().astype(np.int64)
-            clips = (clips[:, :1] + span[None]) % num_rgb
-        picks = np.minimum(clips.reshape(-1), len(encoded) - 1)  # T RGB frames have T - 1 flow frames
-        unique, inverse = np.unique(picks, return_inverse=True)
-        flow = np.stack(_decode_jpegs([encoded[i] for i in unique], f"{what}: flow frame", unique))[..., :2]
-        return flow_lib.resize_flow(flow_lib.dequantize(flow), *size)[inverse]
-
-    def _waveform(self, seq, indices: np.ndarray, what: str) -> np.ndarray:
+        _decode_jpegs(flow, f"{what}: flow frame")
+    if "audio" in spec.modalities:
         lists = seq.feature_lists.feature_list
         if AUDIO_KEY not in lists or not lists[AUDIO_KEY].feature:
             raise DataError(f"{what} has no '{AUDIO_KEY}' waveform")
-        waveform = np.asarray(lists[AUDIO_KEY].feature[0].float_list.value, np.float32)
-        rate = int((_context(seq, AUDIO_RATE_KEY, "float_list") or [48000])[0])  # DMVR's default rate
-        fps = (_context(seq, FRAME_RATE_KEY, "float_list") or [30.0])[0]
-        clips = indices.reshape(-1, self.spec.config.num_frames)
-        return np.stack([audio_lib.clip_waveform(waveform, rate, fps, clip, self.spec.audio,
-                                                 self.spec.audio_frames) for clip in clips])
 
 
-def _read_file(path: str):
-    """The records of one TFRecord file, checksums verified (DataLossError past a corrupt one)."""
-    if _record_iterator is None:
-        yield from (r.numpy() for r in tf.data.TFRecordDataset(path))
-        return
-    with _silence():
-        yield from _record_iterator(path)
+def _diagnose(index: RecordIndex, i: int, spec: _Spec) -> str:
+    """Why record `i` of the index was skipped, named by file, record and byte offset."""
+    where = index.describe(i)
+    try:
+        _check_record(index.read(i), spec)
+    except DataError as e:
+        return f"{where}: {e}"
+    except OSError as e:
+        return f"{where} cannot be read: {e.strerror or e}"
+    return f"{where} failed in the pipeline (see TensorFlow's warning); a host check of it found no fault"
 
 
-def _records(files: list[str], is_train: bool, seed: int | None, counter: SkipCounter):
-    """A generator factory over (record, seed) that survives corrupt or truncated files."""
-    rng = np.random.default_rng(seed)
+def _assert(condition: tf.Tensor, example_id: tf.Tensor, *problem) -> tf.Operation:
+    """An in-graph check whose message names the example and the problem (logged when the record is skipped)."""
+    return tf.debugging.Assert(condition, ["example", example_id, *problem], summarize=8)
 
-    def generate():
-        order = rng.permutation(len(files)) if is_train else range(len(files))
-        for i in order:
-            read = 0
-            try:
-                for record in _read_file(files[i]):
-                    read += 1
-                    yield record, rng.integers(0, 2**31 - 1, size=2, dtype=np.int32)
-            except (tf.errors.DataLossError, tf.errors.OpError) as e:
-                counter.add(f"'{files[i]}' is corrupt after record {read}; the rest of it is skipped "
-                            f"({e.message.splitlines()[0] if e.message else type(e).__name__})")
 
-    return generate
+class _GraphDecoder:
+    """One serialized record -> the sampled uint8 clip(s), labels, id, flow and waveforms, in TF ops only.
+
+    Every fault raises in-graph (a parse error, an undecodable JPEG, a failed `_assert`), so the caller's
+    `ignore_errors` drops the record.
+    """
+
+    def __init__(self, spec: _Spec):
+        self.spec = spec
+        self.clips = 1 if spec.is_train else spec.config.num_test_clips
+        context = {ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+                   FRAME_RATE_KEY: tf.io.FixedLenFeature([], tf.float32, default_value=30.0)}
+        for name in spec.classes:
+            context[label_index_key(name)] = tf.io.VarLenFeature(tf.int64)
+        sequence = {IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)}
+        if "flow" in spec.modalities:
+            sequence[FLOW_KEY] = tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
+        if "audio" in spec.modalities:
+            context[AUDIO_RATE_KEY] = tf.io.FixedLenFeature([], tf.float32, default_value=48000.0)  # DMVR's default
+            sequence[AUDIO_KEY] = tf.io.VarLenFeature(tf.float32)
+        self.context, self.sequence = context, sequence
+
+    def __call__(self, record: tf.Tensor, seed: tf.Tensor) -> tuple:
+        spec, cfg = self.spec, self.spec.config
+        context, lists = tf.io.parse_single_sequence_example(record, self.context, self.sequence)
+        example_id = context[ID_KEY]
+        encoded = lists[IMAGE_KEY]
+        num = tf.size(encoded, out_type=tf.int64)
+        with tf.control_dependencies([_assert(num > 0, example_id, f"has no '{IMAGE_KEY}' frames")]):
+            if spec.is_train:
+                indices = sampling.train_clip_indices_tf(num, cfg.num_frames, cfg.stride, seed)
+            else:
+                indices = tf.reshape(sampling.eval_clip_indices_tf(num, cfg.num_frames, cfg.stride, cfg.num_test_clips),
+                                     [-1])
+        frames = _decode_unique(encoded, indices)
+        out = [frames] + [self._label(context, name, count, example_id) for name, count in spec.classes.items()]
+        out.append(example_id)
+        if "flow" in spec.modalities:
+            out.append(self._flow(lists[FLOW_KEY], indices, num, tf.shape(frames)[1:3], example_id))
+        if "audio" in spec.modalities:
+            out.append(self._waveforms(context, lists[AUDIO_KEY], indices, example_id))
+        return tuple(out) + (seed,)
+
+    def _label(self, context, name: str, count: int, example_id) -> tf.Tensor:
+        key = label_index_key(name)
+        values = context[key].values - self.spec.config.label_offset
+        checks = [_assert(tf.size(values) > 0, example_id, f"has no '{key}' label"),
+                  _assert(tf.reduce_all((values >= 0) & (values < count)), example_id, f"label '{name}'", values,
+                          f"is outside [0, {count})")]
+        with tf.control_dependencies(checks):
+            return tf.reduce_max(tf.one_hot(values, count, dtype=tf.float32), axis=0)
+
+    def _flow(self, encoded, indices, num_rgb, size, example_id) -> tf.Tensor:
+        spec, cfg = self.spec, self.spec.config
+        num = tf.size(encoded, out_type=tf.int64)
+        clips = tf.reshape(indices, [self.clips, cfg.num_frames])
+        if spec.flow_frames != cfg.num_frames:  # spread the flow frames over each RGB clip (a static pattern)
+            span = np.linspace(0, (cfg.num_frames - 1) * cfg.stride, spec.flow_frames).round().astype(np.int64)
+            clips = (clips[:, :1] + tf.constant(span)[None]) % num_rgb
+        with tf.control_dependencies([_assert(num > 0, example_id, f"has no '{FLOW_KEY}' flow frames")]):
+            picks = tf.minimum(tf.reshape(clips, [-1]), num - 1)  # T RGB frames have T - 1 flow frames
+        unique, inverse = tf.unique(picks)
+        decoded = tf.map_fn(lambda x: _decode_jpeg_tf(x)[..., :2], tf.gather(encoded, unique),
+                            fn_output_signature=tf.TensorSpec([None, None, 2], tf.uint8))
+        flow = flow_lib.resize_flow_tf(flow_lib.dequantize_tf(decoded), size[0], size[1])
+        return tf.gather(flow, inverse)
+
+    def _waveforms(self, context, sparse: tf.SparseTensor, indices, example_id) -> tf.Tensor:
+        spec = self.spec
+        present = tf.shape(sparse, out_type=tf.int64)[0] > 0
+        with tf.control_dependencies([_assert(present, example_id, f"has no '{AUDIO_KEY}' waveform")]):
+            waveform = tf.boolean_mask(sparse.values, tf.equal(sparse.indices[:, 0], 0))
+        rate = tf.cast(tf.cast(context[AUDIO_RATE_KEY], tf.int64), tf.float64)  # int(), as the host reader
+        waveform = audio_lib.resample_tf(waveform, rate, spec.audio.sample_rate)
+        clips = tf.reshape(indices, [self.clips, spec.config.num_frames])
+        fps = context[FRAME_RATE_KEY]
+        return tf.stack([audio_lib.clip_waveform_tf(waveform, spec.audio.sample_rate, fps, clips[c], spec.audio,
+                                                    spec.audio_frames) for c in range(self.clips)])
+
+    def placeholder(self) -> tuple:
+        """A stand-in of the decoded structure for a failed record (filtered out before it is used)."""
+        spec = self.spec
+        out = [tf.zeros([0, 0, 0, 3], tf.uint8)] + [tf.zeros([c], tf.float32) for c in spec.classes.values()]
+        out.append(tf.constant(""))
+        if "flow" in spec.modalities:
+            out.append(tf.zeros([0, 0, 0, 2], tf.float32))
+        if "audio" in spec.modalities:
+            out.append(tf.zeros([self.clips, audio_lib.num_samples_for(spec.audio_frames, spec.audio)], tf.float32))
+        return tuple(out) + (tf.zeros([2], tf.int32),)
+
+
+def _decode_unique(encoded: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    """RGB frames `indices` of the JPEGs `encoded`, each distinct frame decoded once: uint8 [len, H, W, 3]."""
+    unique, inverse = tf.unique(indices)
+    decoded = tf.map_fn(_decode_jpeg_tf, tf.gather(encoded, unique),
+                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    return tf.gather(decoded, inverse)
+
+
+def _decode_jpeg_tf(data: tf.Tensor) -> tf.Tensor:
+    """JPEG -> uint8 RGB, with the accurate integer DCT that OpenCV (the host reader) uses: the same bytes."""
+    return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Share:
+    """The rows of each global batch one input pipeline feeds (`Source.make`'s input_context contract)."""
+
+    global_batch: int
+    per_replica: int
+    local: int  # replicas this pipeline feeds
+    first: int  # global index of its first replica
+
+    @classmethod
+    def of(cls, batch_size: int, input_context: tf.distribute.InputContext | None) -> _Share:
+        if input_context is None:
+            return cls(batch_size, batch_size, 1, 0)
+        replicas, pipelines = input_context.num_replicas_in_sync, input_context.num_input_pipelines
+        if batch_size % replicas or replicas % pipelines:
+            raise ConfigError(f"batch_size {batch_size} must split evenly over {replicas} replicas, and they over "
+                              f"{pipelines} input pipelines")
+        local = replicas // pipelines
+        return cls(batch_size, batch_size // replicas, local, input_context.input_pipeline_id * local)
+
+    def position(self, n: tf.Tensor, start: int) -> tf.Tensor:
+        """Global example position of this pipeline's `n`-th example (per-replica batches, local replicas in turn)."""
+        m, i = n // self.per_replica, n % self.per_replica
+        step, replica = m // self.local, self.first + m % self.local
+        return start + step * self.global_batch + replica * self.per_replica + i
+
+
+MAX_ATTEMPTS = 32  # records tried in a row for one training position before the pipeline gives up
+
+
+class _Order:
+    """The training order: position p -> (epoch p // N, record `index_shuffle(p % N)` under (seed, epoch))."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+
+    def record(self, position: tf.Tensor, attempt: tf.Tensor | int = 0) -> tf.Tensor:
+        """The record tried at `position` on `attempt` (0, then the next ones of the same epoch's order)."""
+        position = tf.cast(position, tf.int64)
+        epoch, k = position // self.size, position % self.size
+        seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
+        return tf.random.experimental.index_shuffle((k + attempt) % self.size, seed, self.size - 1)
+
+    def augment_seed(self, position: tf.Tensor) -> tf.Tensor:
+        """The example's stateless sampling and augmentation seed: int32 [2], a function of (seed, position)."""
+        base = tf.constant([self.seed, 0x5EED], tf.int64)
+        return tf.cast(tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64)) % (2**31 - 1),
+                       tf.int32)
 
 
 def make_dataset(
@@ -554,8 +727,11 @@ def make_dataset(
     repeat: bool | None = None,
     shuffle_buffer: int = 64,
     skip_counter: SkipCounter | None = None,
+    start_position: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+    index: RecordIndex | None = None,
 ) -> tf.data.Dataset:
-    """A batched dataset of `(inputs, labels)` from TFRecords written by `write_tfrecords`.
+    """A batched dataset of `(inputs, labels)` from TFRecords written by `write_tfrecords`, in TF ops only.
 
     inputs: float32 [B, T, crop, crop, 3] in [-1, 1] when training; for evaluation
       [B, views, T, crop, crop, 3] with views = num_test_clips x (3 or 1) crops, clip-major (view
@@ -569,10 +745,22 @@ def make_dataset(
       several (e.g. ("verb", "noun")), and left out entirely when `label_names` is empty.
     with_ids: append the `example/id` strings [B] to each element.
 
-    Training shuffles files and records (`shuffle_buffer` serialized records, each a whole video),
-    repeats (unless `repeat=False`) and drops the last partial batch; evaluation reads each record
-    once, in file order. `seed` makes sampling and augmentation
-    deterministic. Skipped examples are counted in `skip_counter` (also `dataset.skip_counter`).
+    Evaluation reads each record once, in file order, and keeps the last partial batch. Training is a pure
+    function of the example position p = step * batch_size + row: epoch p // N visits all N records in
+    the order `index_shuffle` draws from (seed, epoch) (a global shuffle; `shuffle_buffer` is accepted
+    for compatibility and unused), and the clip and augmentation seeds come from (seed, p). So
+    `start_position` starts anywhere at once (a resume at step s is `start_position = s * batch_size`).
+    Training repeats (unless `repeat=False`: one epoch) and drops the last partial batch. With an
+    `input_context`, `batch_size` is the global batch and this pipeline yields only its replicas'
+    per-replica batches (b = batch_size / replicas; global replica r of step s takes positions
+    s * batch_size + r * b ... + b - 1), its local replicas' batches in turn.
+
+    A record that fails (unparseable, an undecodable JPEG, a label outside [0, C), a missing stream)
+    is skipped, never stopping the pipeline: evaluation drops it; training takes the next record of the
+    epoch's order instead (up to MAX_ATTEMPTS in a row, then it stops with an error). Skips are counted
+    in `skip_counter` (also `dataset.skip_counter`): for training, the failed attempts of the batches
+    delivered so far. A truncated file is indexed up to the cut and counted once. `index` reuses a
+    `record_index.build_index` of the files (its cuts are then not counted again).
     """
     config = data_config(dataset_configs)
     modalities = tuple(modalities)
@@ -581,33 +769,107 @@ def make_dataset(
         raise ConfigError(f"modalities {list(modalities)} must include 'rgb' and come from {list(MODALITIES)}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if start_position < 0:
+        raise ConfigError(f"start_position must be >= 0, got {start_position}")
+    if not is_train and (start_position or input_context is not None):
+        raise ConfigError("start_position and input_context are for training; evaluation reads every record once, "
+                          f"in file order (got start_position={start_position}, input_context={input_context})")
     classes = _num_classes_by_name(tuple(label_names), num_classes)
     spec = _Spec(config, is_train, classes, modalities, *_modality_settings(dataset_configs, config))
+    share = _Share.of(batch_size, input_context)
     counter = skip_counter if skip_counter is not None else SkipCounter()
-    files = resolve_files(file_pattern)
-    check_modalities(files, modalities)
-    decoder = _RecordDecoder(spec, counter)
-
-    ds = tf.data.Dataset.from_generator(
-        _records(files, is_train, seed, counter),
-        output_signature=(tf.TensorSpec((), tf.string), tf.TensorSpec((2,), tf.int32)))
-    if is_train and (repeat is None or repeat):
-        ds = ds.repeat()
+    if index is None:
+        index = build_index(resolve_files(file_pattern))
+        for reason in index.skipped:
+            counter.add(reason)
+    check_modalities(index.files, modalities)
+    decoder, graph_index = _GraphDecoder(spec), GraphIndex(index)
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if is_train:
-        ds = ds.shuffle(shuffle_buffer, seed=seed)
-    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True if seed is not None else None)
-
-    def host_decode(record, element_seed):
-        outputs = tf.numpy_function(decoder, [record, element_seed], decoder.dtypes(), stateful=True)
-        return tuple(outputs) + (element_seed,)
-
-    # The transforms use tf.cond where they branch on tensors; autograph would only add tracing time.
-    plain = tf.autograph.experimental.do_not_convert
-    ds = ds.map(plain(host_decode), **parallel).filter(plain(lambda *x: x[-2]))
-    ds = ds.map(plain(lambda *x: _to_element(x, spec, with_ids)), **parallel)
-    ds = ds.batch(batch_size, drop_remainder=is_train).prefetch(tf.data.AUTOTUNE)
+        ds = _train_stream(index, graph_index, decoder, spec, share, counter, seed, start_position, repeat,
+                           with_ids, parallel)
+    else:
+        ds = _eval_stream(index, graph_index, decoder, spec, counter, with_ids, parallel)
+        ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     ds.skip_counter = counter
     return ds
+
+
+def _eval_stream(index, graph_index, decoder, spec, counter, with_ids, parallel) -> tf.data.Dataset:
+    """Each record once, in file order; failed ones dropped and tallied."""
+    tally = _GraphTally(counter._keep, lambda i: [_diagnose(index, i, spec)])
+    counter._register(tally)
+    no_seed = tf.zeros([2], tf.int32)
+    # The transforms use tf.cond where they branch on tensors; autograph would only add tracing time.
+    plain = tf.autograph.experimental.do_not_convert
+
+    def attempt(i):
+        decoded = graph_index.read(i).map(plain(lambda r: (decoder(r, no_seed), True, i)))
+        failed = tf.data.Dataset.from_tensors(i).map(plain(lambda i: (decoder.placeholder(), False, i)))
+        return decoded.ignore_errors(log_warning=True).concatenate(failed).take(1)
+
+    def count(values, ok, i):
+        failed = tf.boolean_mask(tf.reshape(i, [1]), tf.reshape(tf.logical_not(ok), [1]))
+        with tf.control_dependencies([tally.record(tf.size(failed), failed)]):
+            return values, tf.identity(ok)
+
+    ds = tf.data.Dataset.range(len(index)).interleave(plain(attempt), **parallel)
+    ds = ds.map(plain(count)).filter(plain(lambda values, ok: ok))
+    return ds.map(plain(lambda values, ok: _to_element(values, spec, with_ids)), **parallel)
+
+
+def _train_stream(index, graph_index, decoder, spec, share, counter, seed, start_position, repeat, with_ids,
+                  parallel) -> tf.data.Dataset:
+    """Positions -> the first decodable record of each position's attempts -> augmented per-replica batches."""
+    size = len(index)
+    if size == 0:
+        raise DataError(f"no readable records in {list(index.files)}: nothing to train on")
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**62))
+    order = _Order(size, int(seed) % 2**62)
+
+    def explain(entry: int) -> list[str]:
+        position, attempts = divmod(entry, MAX_ATTEMPTS)
+        return [_diagnose(index, int(order.record(position, j)), spec) for j in range(attempts)]
+
+    tally = _GraphTally(counter._keep, explain)
+    counter._register(tally)
+    plain = tf.autograph.experimental.do_not_convert
+
+    def at(position):
+        element_seed = order.augment_seed(position)
+
+        def attempt(j):
+            record = graph_index.read(order.record(position, j))
+            return record.map(plain(lambda r: (decoder(r, element_seed), j))).ignore_errors(log_warning=True)
+
+        def give_up(p):
+            stop = tf.debugging.Assert(False, [f"{MAX_ATTEMPTS} records in a row failed to decode at training "
+                                               "position", p, "; see the warnings above for why"])
+            with tf.control_dependencies([stop]):
+                return decoder.placeholder(), tf.constant(MAX_ATTEMPTS, tf.int64)
+
+        tries = tf.data.Dataset.range(MAX_ATTEMPTS).flat_map(plain(attempt))
+        tries = tries.concatenate(tf.data.Dataset.from_tensors(position).map(plain(give_up))).take(1)
+        return tries.map(plain(lambda values, j: (values, j, position)))
+
+    positions = tf.data.Dataset.range(2**62).map(plain(lambda n: share.position(n, start_position)))
+    if repeat is not None and not repeat:  # the whole global batches left in this epoch, the same on every pipeline
+        steps = max(size - start_position, 0) // share.global_batch
+        positions = positions.take(steps * share.local * share.per_replica)
+    ds = positions.interleave(plain(at), **parallel)
+    ds = ds.map(plain(lambda values, j, p: (_to_element(values, spec, with_ids), j, p)), **parallel)
+    ds = ds.batch(share.per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def count(element, attempts, positions):  # after the prefetch: counts the batches as they are delivered
+        entries = tf.boolean_mask(positions * MAX_ATTEMPTS + attempts, attempts > 0)
+        with tf.control_dependencies([tally.record(tf.reduce_sum(attempts), entries)]):
+            return tf.nest.map_structure(tf.identity, element)
+
+    options = tf.data.Options()
+    # An injected prefetch after `count` would run it ahead of the consumer, counting batches not yet delivered.
+    options.experimental_optimization.inject_prefetch = False
+    return ds.map(plain(count)).with_options(options)
 
 
 def _to_element(values, spec: _Spec, with_ids: bool):

@@ -1,15 +1,20 @@
-"""tf.distribute strategies by name, and feeding them global batches exactly.
+"""tf.distribute strategies by name, and feeding each worker only its own replicas' batches.
 
   'default'       one device (the default strategy)
   'mirrored'      MirroredStrategy over the local GPUs (or the given devices)
   'multi_worker'  MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG environment variable
   'tpu'           TPUStrategy on `tpu` (a name or grpc:// address; '' = local). Not testable without a TPU.
+
+`distribute` feeds a strategy through `distribute_datasets_from_function`: each input pipeline (one per
+worker or TPU host) builds only its own replicas' batches, and the replicas of one step together see the
+global batch one device would (`mtv.data.sources.PipelineShare`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -54,21 +59,33 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
-def distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset, global_batch: int):
-    """Splits every global batch across the replicas of all workers, in order, so that the replicas
-    of one step together see exactly the global batch a single device would."""
+def distribute(strategy: tf.distribute.Strategy,
+               dataset_fn: Callable[[tf.distribute.InputContext | None], tf.data.Dataset] | tf.data.Dataset,
+               global_batch: int) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+    """The training input of `strategy`: `dataset_fn(None)` (global batches) on one device, else each input
+    pipeline's `dataset_fn(input_context)` (its per-replica batches, local replicas one after another).
+
+    A plain dataset of global batches is also accepted; every pipeline then builds all of it and keeps its
+    rows, which costs each worker the whole batch's reading and decoding.
+    """
+    from mtv.data.sources import PipelineShare
+
+    if isinstance(dataset_fn, tf.data.Dataset):
+        dataset = dataset_fn
+
+        def dataset_fn(ctx: tf.distribute.InputContext | None) -> tf.data.Dataset:
+            if ctx is None:
+                return dataset
+            return PipelineShare.of(global_batch, ctx).split(dataset, global_batches=True)
+
     replicas = strategy.num_replicas_in_sync
     if replicas == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return dataset
+        return dataset_fn(None)
     if global_batch % replicas:
         raise ConfigError(f"batch_size {global_batch} is not divisible by the {replicas} replicas; the global "
                           "batch is split evenly across them")
 
     def per_pipeline(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        per_replica = ctx.get_per_replica_batch_size(global_batch)
-        local = per_replica * (ctx.num_replicas_in_sync // ctx.num_input_pipelines)
-        start = ctx.input_pipeline_id * local
-        ds = dataset.map(lambda x, y: tf.nest.map_structure(lambda t: t[start:start + local], (x, y)))
-        return ds.unbatch().batch(per_replica, drop_remainder=True).prefetch(2)
+        return dataset_fn(ctx).prefetch(2)
 
     return strategy.distribute_datasets_from_function(per_pipeline)
