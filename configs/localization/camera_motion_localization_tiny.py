@@ -6,8 +6,15 @@ sequence of 16 windows is 64 steps of 0.25 s. The head (`mtv.long.localization.U
 3-level temporal pyramid (steps of 0.25, 0.5 and 1 s) with shared conv towers of width 32.
 
 The localization fields live in `model.localization` (head, target ranges, post-processing); the
-untrimmed-video generator's in `dataset_configs.synthetic.untrimmed` (`mtv.data.untrimmed`). Training it
-with `mtv train` and scoring it with `mtv evaluate` are the next step (docs/long_videos.md).
+untrimmed-video generator's in `dataset_configs.synthetic.untrimmed` (`mtv.data.untrimmed`):
+
+  mtv train --config=configs/localization/camera_motion_localization_tiny.py --workdir=/tmp/loc \
+      --videos=../shared/data/videos
+  mtv evaluate --checkpoint=/tmp/loc          # mAP@0.3/0.5/0.7 and their mean on the held-out videos
+  mtv localize VIDEO --model=/tmp/loc         # segments, JSON and a plot
+
+For your own videos set `config.dataset_name = 'untrimmed_csv'` and `dataset_configs.untrimmed_csv`
+(docs/long_videos.md, "Localization end to end").
 """
 
 from pathlib import Path

@@ -10,7 +10,7 @@ warning on stderr. `mtv --verbose COMMAND ...` (or `--verbose` among the flags o
 no `--verbose` of its own) lets TensorFlow's start-up messages through; without it they are hidden.
 
 Without TensorFlow (Keras' JAX backend), `predict`, `zoo`, `cache`, `convert`, `ensemble`, `submission` and
-`epic-score` run; `train`, `evaluate`, `data` and `export` say that they need TensorFlow.
+`epic-score` run; `train`, `evaluate`, `data`, `export` and `localize` say that they need TensorFlow.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ COMMANDS = {
     "ensemble": "mtv.cli.ensemble",
     "submission": "mtv.cli.submission",
     "epic-score": "mtv.cli.epic_score",
+    "localize": "mtv.cli.localize",
 }
 
 _QUIET = None  # the running mtv.cli.quiet.Quiet of main(), released by a --verbose that run() finds

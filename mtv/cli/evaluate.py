@@ -2,6 +2,10 @@
 
 MTV and M&M alike: an M&M model's views read every stream it takes from the records (flow and audio for the
 same clips as the RGB views); `--missing_modality=audio` scores the model with that stream missing.
+
+A localizer's workdir (`mtv train` on configs/localization/...) is scored by temporal localization instead:
+mAP at tIoU 0.3, 0.5, 0.7 and their mean, printed as JSON, on `--data` (an annotation CSV with its videos
+beside it) or else on the run's held-out untrimmed videos; `--out` then writes that JSON.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ def main(argv: list[str]) -> int:
 
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}")
+    from mtv.long.inference import is_localizer_run
+
+    if is_localizer_run(FLAGS.checkpoint or FLAGS.model):  # a temporal localizer: mAP, not top-1
+        return _evaluate_localizer(FLAGS.checkpoint or FLAGS.model)
     if not FLAGS.data:
         raise ConfigError("--data is required (TFRecords or a CSV of videos)")
     if bool(FLAGS.checkpoint) == bool(FLAGS.model):
@@ -56,4 +64,19 @@ def main(argv: list[str]) -> int:
     if FLAGS.out:
         path = ev.write(result, FLAGS.out)
         print(f"scores of {len(result.ids)} videos written to {path}")
+    return 0
+
+
+def _evaluate_localizer(run: str) -> int:
+    import json
+
+    from mtv.long.inference import evaluate_run
+    from mtv.utils.fileio import atomic_write_text, writing
+
+    summary = evaluate_run(run, FLAGS.data)
+    text = json.dumps(summary, indent=1)
+    print(text)
+    if FLAGS.out:
+        with writing(FLAGS.out):
+            atomic_write_text(FLAGS.out, text + "\n")
     return 0

@@ -119,10 +119,24 @@ class StreamingClassifier(keras.Model):
         """One clip [B, *clip]: (memory, weights, logits [B, C]) after it."""
         return self.update(memory, weights, self.clip_tokens(clip, training=training))
 
+    def check_stream(self, stream) -> None:
+        """ShapeError unless every input of `stream` is [B, S, *clip] with this backbone's clip shape, S static."""
+        shapes = self.input_shapes
+        inputs = dict(stream) if isinstance(stream, Mapping) else {"frames": stream}
+        if not isinstance(stream, Mapping) and len(shapes) == 1:
+            shapes = {"frames": next(iter(shapes.values()))}
+        for name, want in shapes.items():
+            if name not in inputs:
+                raise ShapeError(f"the stream lacks input '{name}'; this model takes {sorted(shapes)}")
+            got = tuple(inputs[name].shape)
+            if len(got) != len(want) + 2 or got[1] is None or any(
+                    g is not None and g != w for g, w in zip(got[2:], want, strict=True)):  # None: known at run time
+                raise ShapeError(f"stream input '{name}' must be [B, S, {', '.join(map(str, want))}] (S clips of this "
+                                 f"backbone's shape, S static); got shape {got}")
+
     def call(self, stream, training: bool = False):
+        self.check_stream(stream)
         first = next(iter(stream.values())) if isinstance(stream, Mapping) else stream
-        if len(first.shape) < 3 or first.shape[1] is None:
-            raise ShapeError(f"a stream is [B, S, *clip] with a static number of clips S; got shape {first.shape}")
         batch, clips = ops.shape(first)[0], int(first.shape[1])
 
         def merge(x):  # [B, S, ...] -> [B*S, ...]: one backbone pass for every clip

@@ -37,6 +37,9 @@ MODEL_FIELDS = {
     "view_configs", "cross_view_fusion", "temporal_encoding_config", "global_encoder_config",
     "dropout_rate", "attention_dropout_rate", "stochastic_depth", "classifier",
     "keep_spatiotemporal_features", "final_endpoint", "data_dtype_str", "model_dtype_str", "modalities",
+    # A localizer's head, targets and post-processing (mtv.long.localization): read there, not by the backbone,
+    # so the same config also builds its backbone as a clip classifier (the sliding-window baseline).
+    "localization",
 }
 VIEW_FIELDS = {"hidden_size", "num_heads", "mlp_dim", "num_layers", "patches"}
 STREAM_FIELDS = {

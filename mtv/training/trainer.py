@@ -235,6 +235,15 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
       ConfigError lists the changed fields).
     """
     config = load_train_config(config)
+    from mtv.long.train_localization import is_localization_config, train_localizer
+
+    if is_localization_config(config):  # an UnLoc-style localizer has its own loop (docs/long_videos.md)
+        check_config_fields(config)
+        if export_preset or train_data is not None or eval_data is not None:
+            raise ConfigError("a localizer (model.localization) trains on its config's untrimmed dataset and is "
+                              "loaded from its workdir: export_preset, train_data and eval_data are not supported")
+        return train_localizer(config, workdir, videos=videos, verbose=verbose,
+                               allow_config_change=allow_config_change)
     check_config_fields(config)
     workdir = Path(workdir)
     changed = check_resumed_config(config, workdir, allow_config_change=allow_config_change)
@@ -399,9 +408,13 @@ def _run(config, workdir, strategy, chief, data: TrainingData, batch, total, ste
             mixup = config.get("mixup") or {}
             alpha = float(mixup.get("alpha") or 0.0) if hasattr(mixup, "get") else 0.0
             drop = check_modality_dropout(config.get("modality_dropout"), inner.modalities)
-            dataset = data.train_dataset(batch, seed=seed, start_step=start, mixup_alpha=alpha,
-                                         inputs=inner.input_shapes, modality_dropout=drop)
-            dataset = distribute(strategy, dataset, batch)
+
+            def train_batches(input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                return data.train_dataset(batch, seed=seed, start_step=start, mixup_alpha=alpha,
+                                          inputs=inner.input_shapes, modality_dropout=drop,
+                                          input_context=input_context)
+
+            dataset = distribute(strategy, train_batches, batch)
             epochs = math.ceil((total - start) / every)
             wrapper.fit(dataset, epochs=epochs, steps_per_epoch=every, callbacks=[logger], verbose=verbose,
                         shuffle=False)
