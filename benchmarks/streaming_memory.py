@@ -8,6 +8,7 @@ rendered one at a time from a procedural texture with a random camera motion and
 
   python3 benchmarks/streaming_memory.py                      # 1 and 30 minutes, K = 16
   python3 benchmarks/streaming_memory.py --minutes 1 5 30 --memory-size 32
+  python3 benchmarks/streaming_memory.py --model mtv/embedded/camera-motion   # any mtv.load handle or config .py
 
 Prints one JSON line: per length, the clips streamed, the memory (K tokens x D), the RSS after the first
 10 clips and at the end, the peak RSS, and the seconds taken.
@@ -46,16 +47,27 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def stream(minutes: float, memory_size: int = 16, seed: int = 0) -> dict:
-    """Streams `minutes` of 1-s tiny clips through the compiled step in this process; returns the measurements."""
+def _backbone(model: str, seed: int):
+    """The backbone of a config .py (built from `seed`) or of anything `mtv.load` takes."""
+    if str(model).endswith(".py"):
+        from mtv.models.builder import build_model
+
+        return build_model(str(model), seed=seed).backbone
+    from mtv.io.loading import load
+
+    loaded = load(model)
+    return getattr(loaded, "backbone", loaded)
+
+
+def stream(minutes: float, memory_size: int = 16, seed: int = 0, model: str | None = None) -> dict:
+    """Streams `minutes` of clips (of the model's frames at FPS) through the compiled step; returns the measurements."""
     import numpy as np
     import tensorflow as tf
 
     from mtv.data.synthetic import CLASSES, render_clip, texture_sources
     from mtv.long.streaming import StreamingClassifier
-    from mtv.models.builder import build_model
 
-    backbone = build_model(str(TINY), seed=seed).backbone
+    backbone = _backbone(model or str(TINY), seed)
     model = StreamingClassifier(backbone, num_classes=len(CLASSES), memory_size=memory_size)
     frames, size = backbone.input_shapes["rgb"][:2]
     step = tf.function(lambda m, w, x: model.step(m, w, x), jit_compile=False, reduce_retracing=True)
@@ -72,7 +84,8 @@ def stream(minutes: float, memory_size: int = 16, seed: int = 0) -> dict:
             logits.numpy()
             rss_warm = _rss_mb()
     logits.numpy()
-    return {"minutes": minutes, "clips": clips, "memory_tokens": memory_size, "token_width": model.token_width,
+    return {"minutes": minutes, "clips": clips, "clip_seconds": frames / FPS, "memory_tokens": memory_size,
+            "token_width": model.token_width,
             "tokens_absorbed": float(np.sum(weights)), "rss_after_10_clips_mb": round(rss_warm or 0.0, 1),
             "rss_end_mb": round(_rss_mb(), 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
             "seconds": round(time.perf_counter() - start, 1)}
@@ -82,18 +95,19 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, nargs="+", default=[1.0, 30.0])
     p.add_argument("--memory-size", type=int, default=16, help="K, the memory's tokens")
+    p.add_argument("--model", default=str(TINY), help="config .py or mtv.load handle of the backbone")
     p.add_argument("--child", action="store_true", help="stream one length in this process (internal)")
     args = p.parse_args(argv)
     if args.child:
-        record = stream(args.minutes[0], args.memory_size)
+        record = stream(args.minutes[0], args.memory_size, model=args.model)
     else:
         runs = []
         for minutes in args.minutes:
             cmd = [sys.executable, __file__, "--child", "--minutes", str(minutes), "--memory-size",
-                   str(args.memory_size)]
+                   str(args.memory_size), "--model", args.model]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        record = {"benchmark": "streaming_memory", "fps": FPS, "runs": runs}
+        record = {"benchmark": "streaming_memory", "model": args.model, "fps": FPS, "runs": runs}
     print(json.dumps(record))
     return record
 
