@@ -269,14 +269,16 @@ print(open(train_csv).read().splitlines()[:4])
 `mtv.data.prepare.prepare` (the `mtv data prepare` command) checks every CSV row, decodes each video
 and writes `tf.train.SequenceExample`s in the DMVR / MediaSequence layout: JPEG frames plus the label
 (for clips already in memory, `mtv.data.tfrecord.write_tfrecords` with `ClipExample`s does the same).
-`mtv.data.tfrecord.make_dataset` then samples clips, crops, flips and normalises them to [-1, 1].
+The rows are shuffled with a seed and dealt into several shards (one per video, at most 64), so a
+label-sorted CSV still gives mixed files. `mtv.data.tfrecord.make_dataset` then reads them in-graph,
+in a new global order every epoch, and samples clips, crops, flips and normalises them to [-1, 1].
 Horizontal flips are fine for these labels; turn `random_flip` off if yours have left/right classes.
 """),
     ("code", """
 train_shards = prepare.prepare(train_csv, "tfrecords", name="train", num_classes=len(CLASSES),
                                progress=False).shards
 val_shards = prepare.prepare(val_csv, "tfrecords", name="val", num_classes=len(CLASSES), progress=False).shards
-print([p.name for p in train_shards + val_shards])
+print(f"{len(train_shards)} training shards, e.g. {train_shards[0].name}; {len(val_shards)} validation shards")
 
 train_configs = {**dc, "random_flip": True}
 train_ds = tfrecord.make_dataset(train_shards, dataset_configs=train_configs, is_train=True,

@@ -28,6 +28,17 @@ covers the segment's frames with more than `AUDIO_GAP_TOLERANCE` s missing), `fl
 missing for the segment).
 
 Every row is checked (columns, integers, timestamps, label range) before any video is read.
+
+Order, shards and processes: the rows are shuffled with `seed` (default `DEFAULT_SEED`; None keeps the
+CSV's order) and dealt round-robin into the shards, so a label-sorted CSV still gives every shard, and every
+stretch of a shard, the dataset's mix of labels: a reader that shuffles only within a buffer or reads a few
+files at a time then sees mixed batches. The default shard count (`default_num_shards`) is one shard per
+example up to `MAX_DEFAULT_SHARDS` (64): enough files for tf.data to read many in parallel and for
+file-based sharding over up to 64 input workers (each gets a file; 2, 4, ..., 64 workers get equal shares),
+and no more shards than rows. Videos are prepared in `num_workers` processes (spawned, never forked, because the
+parent has TensorFlow loaded); the parent writes their records in the seeded order, so the shards are the
+same bytes for any number of processes. Shards are written under hidden temporary names and renamed only
+when every row is done: an error, a crashed worker or Ctrl-C leaves no shard that looks complete.
 """
 
 from __future__ import annotations
@@ -37,8 +48,13 @@ import contextlib
 import csv
 import dataclasses
 import json
+import os
 import re
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -62,6 +78,11 @@ EPIC_NUM_CLASSES = {"verb": 97, "noun": 300}
 VIDEO_SUFFIXES = (".mp4", ".MP4", ".avi", ".mkv", ".webm", ".mov", ".MOV")
 FLOW_SOURCES = ("auto", "epic", "compute")
 SKIP_KINDS = ("video", "audio", "flow")
+DEFAULT_SEED = 0  # the row order of `mtv data prepare` without --seed
+MAX_DEFAULT_SHARDS = 64  # see the module docstring: parallel reads, file sharding over up to 64 input workers
+# A worker process imports TensorFlow (~5 s of CPU, ~0.5 GB) before its first video, which pays off only with
+# a few dozen videos to share out; the default uses at most one process per this many videos.
+VIDEOS_PER_WORKER = 16
 _TIMESTAMP = re.compile(r"(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)")
 
 
@@ -159,8 +180,8 @@ def read_rows(csv_path: str | Path, *, video_root: str | Path | None = None,
     return rows, "epic" if epic else "generic"
 
 
-def infer_num_classes(*, config: str | None = None, class_list: str | Path | None = None) -> int | None:
-    """The class count from a class-list file (one name per line) or an experiment config, or None."""
+def infer_num_classes(*, config: str | os.PathLike | Any = None, class_list: str | Path | None = None) -> int | None:
+    """The class count from a class-list file (one name per line) or an experiment config (path or loaded), or None."""
     from mtv.errors import ConfigError
 
     if class_list:
@@ -175,10 +196,12 @@ def infer_num_classes(*, config: str | None = None, class_list: str | Path | Non
     if config:
         from mtv.io.configs import load_config
 
-        dc = load_config(config).get("dataset_configs") or {}
+        loaded = load_config(config) if isinstance(config, (str, os.PathLike)) else config
+        dc = loaded.get("dataset_configs") or {}
         count = dc.get("num_classes")
         if count is None:
-            raise ConfigError(f"{config}: dataset_configs.num_classes is not set; pass --num_classes")
+            where = config if isinstance(config, (str, os.PathLike)) else "--config"
+            raise ConfigError(f"{where}: dataset_configs.num_classes is not set; pass --num_classes")
         return int(count)
     return None
 
@@ -396,11 +419,101 @@ def _example(row: Row, opts: _Options) -> tuple[ClipExample, str | None, str | N
     return example, flow_from, segment_by
 
 
+def default_num_shards(num_examples: int) -> int:
+    """One shard per example up to MAX_DEFAULT_SHARDS, so no shard is empty unless rows are skipped."""
+    return max(1, min(MAX_DEFAULT_SHARDS, num_examples))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which `taskset` and containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks on this OS
+        return os.cpu_count() or 1
+
+
+def default_num_workers(num_videos: int) -> int:
+    """The usable CPU count, but at most one process per VIDEOS_PER_WORKER videos (at least one)."""
+    return max(1, min(usable_cpus(), num_videos // VIDEOS_PER_WORKER))
+
+
+def shuffled(rows: list[Row], seed: int | None) -> list[Row]:
+    """`rows` in the order `seed` gives (numpy's PCG64 permutation), or unchanged for seed None."""
+    if seed is None:
+        return list(rows)
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def _prepare_row(row: Row, opts: _Options, jpeg_quality: int) -> tuple:
+    """One row, in a worker or in-process: ("ok", record bytes, flow_from, segment_by) or ("skip", kind, reason).
+
+    A skip is returned, not raised, because _Skip does not survive pickling back to the parent.
+    """
+    try:
+        example, flow_from, segment_by = _example(row, opts)
+        with _skipped_as("video"):
+            record = serialize_example(example, jpeg_quality)
+        return "ok", record, flow_from, segment_by
+    except _Skip as e:
+        return "skip", e.kind, str(e)
+
+
+def _init_worker() -> None:
+    """Each worker is one of num_workers processes sharing the cores: OpenCV gets one thread."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _prepared(rows: list[Row], opts: _Options, jpeg_quality: int, num_workers: int) -> Iterator[tuple[Row, tuple]]:
+    """Yields (row, _prepare_row result) in the order of `rows`, from `num_workers` spawned processes.
+
+    At most 2 x num_workers rows are in flight, so a slow video holds back a bounded number of finished
+    records; the parent writes them in order, which keeps the output independent of the process count.
+    """
+    if num_workers <= 1:
+        for row in rows:
+            yield row, _prepare_row(row, opts, jpeg_quality)
+        return
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker)
+    pending: collections.deque = collections.deque()
+    todo = iter(rows)
+    finished = False
+    try:
+        while True:
+            while len(pending) < 2 * num_workers:
+                row = next(todo, None)
+                if row is None:
+                    break
+                pending.append((row, pool.submit(_prepare_row, row, opts, jpeg_quality)))
+            if not pending:
+                break
+            row, future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise DataError(f"a worker process of `mtv data prepare` died (killed, out of memory, or a crash in "
+                                f"a decoder) while preparing line {row.line} ('{row.source}') or a row after it; no "
+                                "shard was written. Run again with --num_workers=1 to see which video fails") from None
+            yield row, result
+        finished = True
+    finally:
+        # On an error or Ctrl-C, queued rows are dropped (running ones end on their own) and the caller's writer
+        # discards its temporaries.
+        pool.shutdown(wait=finished, cancel_futures=True)
+
+
 def prepare(
     csv_path: str | Path,
     out_dir: str | Path,
     *,
-    num_shards: int = 1,
+    num_shards: int | None = None,
+    seed: int | None = DEFAULT_SEED,
+    num_workers: int | None = None,
     video_root: str | Path | None = None,
     name: str | None = None,
     num_classes: int | None = None,
@@ -421,9 +534,15 @@ def prepare(
     elsewhere, "epic" requires Epic's, "compute" always computes; `flow_stride` overrides the RGB
     frames per Epic flow frame (default from the video id: 2 for EPIC-55, 1 for EPIC-100). A JSON
     summary, with what was skipped and why, goes to `<name>-summary.json`.
+
+    num_shards: default `default_num_shards(rows)`. seed: the row order (None: the CSV's). num_workers:
+    processes preparing videos, default `default_num_workers(rows)`; the output does not depend on it. The
+    processes are spawned, so a script that calls this with several needs the `if __name__ == "__main__":` guard.
     """
-    if num_shards < 1:
-        raise DataError(f"--shards must be >= 1, got {num_shards}")
+    if num_shards is not None and num_shards < 1:
+        raise DataError(f"--num_shards must be >= 1, got {num_shards}")
+    if num_workers is not None and num_workers < 1:
+        raise DataError(f"--num_workers must be >= 1, got {num_workers}")
     if num_classes is not None and num_classes < 1:
         raise DataError(f"--num_classes must be >= 1, got {num_classes}")
     if flow_source not in FLOW_SOURCES:
@@ -446,17 +565,21 @@ def prepare(
     kinds: list[str] = []
     flow_sources: collections.Counter = collections.Counter()
     segments_by: collections.Counter = collections.Counter()
+    rows = shuffled(rows, seed)
+    num_shards = num_shards or default_num_shards(len(rows))
+    workers = min(num_workers or default_num_workers(len(rows)), len(rows))
     with ShardedWriter(out_dir, name, num_shards) as writer:
-        for row in tqdm(rows, desc=f"mtv data prepare {name}", unit="video", disable=not progress):
-            try:
-                example, flow_from, segment_by = _example(row, opts)
-                with _skipped_as("video"):
-                    writer.write(serialize_example(example, jpeg_quality))
-            except _Skip as e:
-                skipped.append((row.source if layout == "generic" else row.id, str(e)))
-                kinds.append(e.kind)
-                logging.warning("skipping %s (line %d, %s): %s", row.id, row.line, e.kind, e)
+        results = _prepared(rows, opts, jpeg_quality, workers)
+        for row, (status, *rest) in tqdm(results, total=len(rows), desc=f"mtv data prepare {name}", unit="video",
+                                         disable=not progress):
+            if status == "skip":
+                kind, reason = rest
+                skipped.append((row.source if layout == "generic" else row.id, reason))
+                kinds.append(kind)
+                logging.warning("skipping %s (line %d, %s): %s", row.id, row.line, kind, reason)
                 continue
+            record, flow_from, segment_by = rest
+            writer.write(record)
             flow_sources[flow_from] += flow_from is not None
             segments_by[segment_by] += segment_by is not None
     result = PrepareResult(writer.paths, writer.counts, skipped, kinds, {k: v for k, v in flow_sources.items() if v})
@@ -464,15 +587,16 @@ def prepare(
         logging.warning("'%s': flow of %s; the two kinds of flow differ, so a model sees two kinds of input "
                         "(--flow_source epic or compute makes it one)", csv_path,
                         " and ".join(f"{n} examples from {k}" for k, n in result.flow_sources.items()))
-    _write_summary(out_dir, name, csv_path, layout, result, {k: v for k, v in segments_by.items() if v})
+    _write_summary(out_dir, name, csv_path, layout, result, {k: v for k, v in segments_by.items() if v}, seed)
     if not result.num_written:
         raise DataError(f"none of the {len(rows)} videos in '{csv_path}' could be stored; first error: "
                         f"{skipped[0][0]}: {skipped[0][1]}")
     return result
 
 
-def _write_summary(out_dir, name: str, csv_path, layout: str, result: PrepareResult, segments_by: dict) -> None:
-    summary = {"csv": str(csv_path), "layout": layout, "num_examples": result.num_written,
+def _write_summary(out_dir, name: str, csv_path, layout: str, result: PrepareResult, segments_by: dict,
+                   seed: int | None) -> None:
+    summary = {"csv": str(csv_path), "layout": layout, "num_examples": result.num_written, "seed": seed,
                "shards": {p.name: c for p, c in zip(result.shards, result.counts, strict=True)}}
     if segments_by:
         summary["segments_from"] = segments_by

@@ -35,7 +35,7 @@ def test_generic_csv_end_to_end(tmp_path, videos_dir, capsys):
         "eye_makeup_audio__mmaction2_test.avi,3,applying eye makeup\n"
         "gone.mp4,1,missing video\n")
     out = tmp_path / "records"
-    code = mtv.cli.run(["data", "prepare", str(csv_path), "--out", str(out), "--shards", "2",
+    code = mtv.cli.run(["data", "prepare", str(csv_path), "--out", str(out), "--num_shards", "2",
                         "--video_root", str(videos_dir), "--num_classes", "400", "--max_frames", "12",
                         "--min_resize", "128"])
     captured = capsys.readouterr()
@@ -63,7 +63,7 @@ def test_generic_csv_with_audio_skips_and_counts_a_video_without_sound(tmp_path,
     assert "wrote 1 examples" in captured.out
     assert "skipped 1 segment(s) without their audio" in captured.out
     assert "arm_wrestling__mmaction2_demo.mp4' has no audio track" in captured.out
-    makeup = _parse_all(out / "train@1")["eye_makeup_audio__mmaction2_test"]
+    makeup = _parse_all(out)["eye_makeup_audio__mmaction2_test"]
     assert makeup.fps == pytest.approx(25.0) and makeup.sample_rate == 16000
     assert makeup.audio.shape == (round(12 / 25 * 16000),)
     summary = json.loads((out / "train-summary.json").read_text())
@@ -88,7 +88,7 @@ def test_epic_csv_with_video_file_and_frames_dir(tmp_path):
     code = mtv.cli.run(["data", "prepare", str(csv_path), "--out", str(out), "--video_root", str(root),
                         "--name", "val", "--flow"])
     assert code == 0
-    examples = _parse_all(out / "val@1")
+    examples = _parse_all(out)
     assert sorted(examples) == ["P01_11_0", "P02_03_5"]
     frames_dir = examples["P01_11_0"]
     # Frames 3..7 (1-based, inclusive) of the frame directory: levels 30..70.
@@ -152,7 +152,7 @@ def test_epic_timestamps_store_the_segment_its_audio_and_its_flow(tmp_path, vide
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "wrote 2 examples" in captured.out and "flow: 1 from epic, 1 from farneback" in captured.out
-    examples = _parse_all(out / "EPIC_100_test_timestamps@1")
+    examples = _parse_all(out)
     assert sorted(examples) == ["seg_computed", "seg_flow"]
 
     # 2.00-3.00 s at 25 fps: frames 50..74 of the full decode, and the audio of exactly that second.
@@ -305,9 +305,22 @@ def test_all_videos_unreadable_is_an_error(tmp_path, capsys):
 def test_usage_errors(tmp_path, capsys):
     assert mtv.cli.run(["data"]) == 2
     assert mtv.cli.run(["data", "convert", "x.csv", "--out", str(tmp_path)]) == 2
-    assert "only subcommand is 'prepare'" in capsys.readouterr().err
+    assert "the subcommands are 'prepare' and 'bench'" in capsys.readouterr().err
     assert mtv.cli.run(["data", "prepare", "x.csv"]) == 2
     assert "--out is required" in capsys.readouterr().err
     assert mtv.cli.run(["data", "prepare", "--out", str(tmp_path)]) == 2
     assert mtv.cli.run(["data", "prepare", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_old_shards_flag_still_works_with_a_warning(tmp_path, videos_dir, capsys):
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text("path,label\narm_wrestling__mmaction2_demo.mp4,6\neye_makeup_audio__mmaction2_test.avi,3\n")
+    out = tmp_path / "records"
+    args = ["data", "prepare", str(csv_path), "--out", str(out), "--video_root", str(videos_dir), "--max_frames", "4",
+            "--min_resize", "32"]
+    assert mtv.cli.run([*args, "--shards", "1", "--num_shards", "2"]) == 2
+    assert "disagree" in capsys.readouterr().err and not out.exists()
+    assert mtv.cli.run([*args, "--shards", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "--shards is deprecated" in captured.err and "to 1 shard(s)" in captured.out
