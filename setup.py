@@ -34,6 +34,7 @@ setup(
         "opencv-python-headless>=4.8",
         "tqdm>=4.60",
         "filelock>=3.12",  # portable inter-process locks for the download and preset caches
+        "matplotlib>=3.8",  # the PNG of `mtv predict --timeline` (imported only there)
     ],
     extras_require={
         # Keras' JAX backend: the model path (build, convert, load, save, predict) and training; jax's CPU build

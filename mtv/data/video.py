@@ -339,3 +339,375 @@ def load_video(path: str | Path, **kwargs) -> Video:
         kwargs.pop("audio_sample_rate", None)
         return read_frames_dir(path, **kwargs)
     return read_video(path, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ seek-based reads
+# Needed frames closer than this many seconds are decoded in one pass: decoding through a short gap costs less
+# than a seek back to the previous keyframe (typically 1-10 s away) and decoding forward from there.
+MERGE_GAP_SECONDS = 1.0
+# Audio decoded before a span's first sample after a seek: enough for the decoder (AAC/MP3/Opus overlap, MP3's
+# bit reservoir) and the resampler's filter to settle, so the span's samples are those of a whole-track decode.
+AUDIO_PREROLL_SECONDS = 0.5
+# A frame count that disagrees with duration x frame rate by more than this many frames means a variable frame
+# rate, where numbering frames by time (what seeking needs) and numbering them by count (a full decode) differ.
+VFR_TOLERANCE_FRAMES = 1.5
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What a video file's container says, read without decoding it (`probe_video`)."""
+
+    path: str
+    num_frames: int
+    fps: float
+    first_time: float  # presentation time of the first frame: frame i is shown at first_time + i / fps
+    counted: bool  # the container gave no frame count, so video packets were counted in a demux pass
+    constant_rate: bool  # frame count, duration and frame rate agree: frames can be found by time
+    audio_rate: int | None = None  # the audio track's own sample rate; None without one
+    audio_span: tuple[float, float] | None = None  # as Video.audio_span: seconds after the first frame with sound
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds, num_frames / fps."""
+        return self.num_frames / self.fps
+
+
+def _open(path: Path):
+    """Opens a video file for reading, refusing a missing file, a directory and a non-video."""
+    if not path.exists():
+        raise DataError(f"video file '{path}' does not exist")
+    if path.is_dir():
+        raise DataError(f"'{path}' is a directory; use read_frames_dir for a directory of frames")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot open '{path}' as a video: {e}") from e
+    if not container.streams.video:
+        kinds = ", ".join(s.type for s in container.streams) or "none"
+        container.close()
+        raise DataError(f"'{path}' has no video stream (streams found: {kinds})")
+    vstream = container.streams.video[0]
+    try:
+        check_video_source(path, container.format.name, vstream.codec_context.name)
+    except DataError:
+        container.close()
+        raise
+    return container, vstream
+
+
+def _audio_extent(path: Path, container, astream) -> tuple[float, float] | None:
+    """(start, end) presentation seconds of an audio track: its first decoded frame, and its last packets' end."""
+    first = _audio_start(path)[0]
+    end = None
+    if container.duration:
+        # Only the container's last seconds: the extent must cost the same for a 10-minute video as a 10-second one.
+        target = max(container.duration / av.time_base - 5.0, 0.0)
+        container.seek(int(target / astream.time_base), stream=astream, backward=True)
+    for packet in container.demux(astream):
+        if packet.pts is not None and packet.size:
+            end = max(end or first, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    return (first, end) if end is not None else None
+
+
+def probe_video(path: str | Path, *, with_audio: bool = True) -> VideoInfo:
+    """Frame count, frame rate and audio extent of a video file from its container, decoding one frame.
+
+    A container without a frame count (Matroska, WebM) gets a counted demux pass (packets only, nothing
+    decoded), logged; so does one whose count disagrees with its duration.
+    """
+    path = Path(path)
+    container, vstream = _open(path)
+    with container:
+        fps = _frame_rate(vstream, [])
+        first_time = _first_frame_time(container, vstream)
+        num, counted = int(vstream.frames or 0), False
+        if num <= 0:
+            container.seek(0, stream=vstream, backward=True)
+            num = sum(1 for packet in container.demux(vstream) if packet.size)
+            counted = True
+            logging.info("'%s': the container gives no frame count; counted %d video packets in a demux pass",
+                         path, num)
+        if num <= 0:
+            raise DataError(f"'{path}' has a video stream but no frame could be decoded at all")
+        constant = True
+        if vstream.duration and vstream.time_base:
+            expected = float(vstream.duration * vstream.time_base) * fps
+            constant = abs(expected - num) <= VFR_TOLERANCE_FRAMES
+        rate, span = None, None
+        if with_audio and container.streams.audio:
+            astream = container.streams.audio[0]
+            rate = int(astream.rate or 0) or None
+            extent = _audio_extent(path, container, astream)
+            if extent is not None:
+                duration = num / fps
+                lead, end = extent[0] - first_time, extent[1] - first_time
+                span = (min(max(lead, 0.0), duration), max(min(end, duration), 0.0))
+            else:
+                span = (0.0, 0.0)
+    return VideoInfo(str(path), num, fps, first_time, counted, constant, rate, span)
+
+
+def _merge_runs(indices: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
+    """Sorted unique frame indices -> half-open (start, stop) runs, joining indices at most `max_gap` apart."""
+    runs: list[list[int]] = []
+    for i in indices.tolist():
+        if runs and i - runs[-1][1] < max_gap:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [(a, b) for a, b in runs]
+
+
+def read_frames_at(path: str | Path, indices, *, info: VideoInfo | None = None,
+                   frame_transform: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[int, np.ndarray]:
+    """Only the frames `indices` of a video file, by seeking: {index: upright RGB frame}, transformed as decoded.
+
+    Indices are those of a full decode (`read_video`): nearby indices are decoded in one run after one seek
+    (`MERGE_GAP_SECONDS`); one open container serves every run. A video whose frames cannot be found by time
+    (variable frame rate, `VideoInfo.constant_rate`) is decoded from the start instead, keeping only these.
+    """
+    path = Path(path)
+    info = info or probe_video(path, with_audio=False)
+    wanted = np.unique(np.asarray(indices, np.int64).reshape(-1))
+    if wanted.size and (wanted[0] < 0 or wanted[-1] >= info.num_frames):
+        raise DataError(f"frame indices {wanted[0]}..{wanted[-1]} of '{path}' are outside its "
+                        f"{info.num_frames} frames")
+    if not info.constant_rate:
+        logging.info("'%s': variable frame rate (%d frames in %s s at %g fps); decoding from the start to find "
+                     "frames by count, not by seeking", path, info.num_frames, info.duration, info.fps)
+        return _frames_by_count(path, wanted, frame_transform)
+    out: dict[int, np.ndarray] = {}
+    container, vstream = _open(path)
+    with container:
+        vstream.thread_type = "AUTO"
+        turns = None
+        for start, stop in _merge_runs(wanted, max(int(MERGE_GAP_SECONDS * info.fps), 1)):
+            # Aimed REORDER_WINDOW frames early: where packets carry decode-order times (AVI), the keyframe just
+            # after a B-frame can sit before it in the file, and a seek to that keyframe would skip the B-frame.
+            target = info.first_time + max(start - REORDER_WINDOW, 0) / info.fps
+            container.seek(int(target / vstream.time_base), stream=vstream, backward=True)
+            keep = set(wanted[(wanted >= start) & (wanted < stop)].tolist())
+            count = 0
+            try:
+                for packet in container.demux(vstream):
+                    done = False
+                    for frame in packet.decode():
+                        t = float(frame.time) if frame.time is not None else info.first_time + count / info.fps
+                        count += 1
+                        index = int(round((t - info.first_time) * info.fps))
+                        # Frames past the run are still decoded for a while: a reordering container hands some out late.
+                        if index >= stop + REORDER_WINDOW:
+                            done = True
+                            break
+                        if index not in keep or index in out:
+                            continue
+                        if turns is None:
+                            turns = _rotation_turns(vstream, frame)
+                        image = frame.to_ndarray(format="rgb24")
+                        image = np.rot90(image, turns) if turns else image
+                        out[index] = frame_transform(image) if frame_transform is not None else image
+                    if done or keep <= out.keys():
+                        break
+            except av.FFmpegError as e:
+                logging.warning("'%s': decoding frames %d..%d stopped: %s", path, start, stop, e)
+    missing = [int(i) for i in wanted if int(i) not in out]
+    if missing:
+        raise DataError(f"'{path}': frames {missing[:5]}{'...' if len(missing) > 5 else ''} of its "
+                        f"{info.num_frames} could not be decoded by seeking (the container says "
+                        f"{info.num_frames} frames at {info.fps:g} fps)")
+    return out
+
+
+def read_audio_span(path: str | Path, start: int, length: int, sample_rate: int, *,
+                    info: VideoInfo | None = None) -> np.ndarray:
+    """`length` mono float32 samples at `sample_rate` from sample `start` (0 = the first frame's time) of a video.
+
+    The same samples as `read_video(path, audio_sample_rate=sample_rate).audio[start:start + length]`, zero
+    where that track is padded (before the sound starts, after it ends, past the last frame), but only this
+    span (plus `AUDIO_PREROLL_SECONDS`) is decoded, and it is resampled by PyAV's resampler.
+    """
+    path = Path(path)
+    info = info or probe_video(path)
+    out = np.zeros(length, np.float32)
+    total = int(round(info.duration * sample_rate))  # the whole-track decode is cut to the frames' span
+    stop = min(start + length, total)
+    if info.audio_rate is None or stop <= start:
+        return out
+    container, _ = _open(path)
+    with container:
+        astream = container.streams.audio[0]
+        t0 = info.first_time + start / sample_rate
+        target = max(t0 - AUDIO_PREROLL_SECONDS, 0.0)
+        if target > 0:
+            track_start, first_size = _audio_start(path)
+            container.seek(int(target / astream.time_base), stream=astream, backward=True)
+        mono = av.AudioResampler(format="flt", layout="mono", rate=astream.rate)
+        chunks, first, begun, frame_size = [], None, None, 0
+        # The first frame after a seek into the track can come out trimmed (Opus drops its codec delay again)
+        # with a timestamp that no longer says where its samples sit: it is pre-roll, so it is left out.
+        drop = 1 if target > 0 else 0
+        need = (stop - start) / sample_rate + AUDIO_PREROLL_SECONDS
+        try:
+            for packet in container.demux(astream):
+                for frame in packet.decode():
+                    if first is None:
+                        if frame.time is None or drop:
+                            drop = max(drop - 1, 0)
+                            continue
+                        first, frame_size = float(frame.time), frame.samples
+                    chunks += [o.to_ndarray().reshape(-1) for o in mono.resample(frame)]
+                    begun = frame.time if frame.time is not None else begun
+                if begun is not None and float(begun) - t0 > need:
+                    break
+        except av.FFmpegError as e:
+            logging.warning("'%s': decoding audio from %.3f s stopped: %s", path, t0 - info.first_time, e)
+        chunks += [o.to_ndarray().reshape(-1) for o in mono.resample(None)]
+        in_rate, tick = int(astream.rate), float(astream.time_base)
+        if target <= 0:  # decoded from the top, as the whole track is: its first frame is the track's
+            track_start, first_size = first, frame_size
+    if first is None or not chunks:
+        return out
+    audio = np.concatenate(chunks)
+    # A whole-track decode resamples from the track's first sample; starting this one on the same output grid
+    # (a whole number of output samples after it) makes the resampled samples the same, not merely close.
+    offset = int(round((first - track_start) * in_rate))
+    if frame_size and first_size:
+        # A coarse time base (Matroska: 1 ms) rounds a frame's time; with fixed-size codec frames after the
+        # first, the frame can only start at first_size + k * frame_size samples, so take the nearest such start.
+        snapped = first_size + frame_size * int(round((offset - first_size) / frame_size))
+        offset = snapped if abs(snapped - offset) <= max(tick * in_rate, 1) else offset
+    step = in_rate // np.gcd(in_rate, sample_rate)
+    skip = (-offset) % step
+    audio = audio[skip:]
+    first_out = (offset + skip) * sample_rate // in_rate  # output index of the kept first sample, track-relative
+    resampled = resample_mono(audio, in_rate, sample_rate)
+    lead = int(round((track_start - info.first_time) * sample_rate))  # where the whole decode places sample 0
+    begin = lead + first_out  # frame-relative index of resampled[0]
+    lo, hi = max(start, begin, lead), min(stop, begin + resampled.shape[0])
+    if hi > lo:
+        out[lo - start:hi - start] = resampled[lo - begin:hi - begin]
+    return out
+
+
+def _audio_start(path: Path) -> tuple[float, int]:
+    """(presentation time, samples) of the audio track's first decoded frame, as a whole-track decode sees it."""
+    # A fresh container: after a seek, even to 0, a decoder can hand out the first frame differently (Opus).
+    container, _ = _open(path)
+    with container:
+        return _first_audio_frame(container, container.streams.audio[0])
+
+
+def _first_audio_frame(container, astream) -> tuple[float, int]:
+    for packet in container.demux(astream):
+        for frame in packet.decode():
+            if frame.time is not None:
+                return float(frame.time), int(frame.samples)
+    return 0.0, 0
+
+
+def resample_mono(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    """Mono float32 samples at `rate` -> `new_rate` with PyAV's resampler (libswresample), delay-compensated."""
+    audio = np.ascontiguousarray(audio, np.float32)
+    if rate == new_rate or audio.size == 0:
+        return audio
+    frame = av.AudioFrame.from_ndarray(audio[None], format="flt", layout="mono")
+    frame.sample_rate, frame.pts = rate, 0
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=new_rate)
+    chunks = [o.to_ndarray().reshape(-1) for o in resampler.resample(frame)]
+    chunks += [o.to_ndarray().reshape(-1) for o in resampler.resample(None)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+
+def _frames_by_count(path: Path, wanted: np.ndarray, frame_transform) -> dict[int, np.ndarray]:
+    """The frames `wanted`, numbered by count as a full decode numbers them: decoded from the start, only they kept."""
+    keep = set(wanted.tolist())
+    out: dict[int, np.ndarray] = {}
+    container, vstream = _open(path)
+    with container:
+        vstream.thread_type = "AUTO"
+        turns, last_time = None, None
+        for index, frame in enumerate(container.decode(vstream)):
+            if frame.time is not None:
+                if last_time is not None and frame.time < last_time:
+                    # Out of display order: a full decode sorts by time, which counting as we go cannot do.
+                    video = read_video(path, with_audio=False, frame_transform=frame_transform)
+                    return {i: video.frames[i] for i in keep if i < video.num_frames}
+                last_time = frame.time
+            if index in keep:
+                turns = _rotation_turns(vstream, frame) if turns is None else turns
+                image = frame.to_ndarray(format="rgb24")
+                image = np.rot90(image, turns) if turns else image
+                out[index] = frame_transform(image) if frame_transform is not None else image
+            if index >= wanted[-1]:
+                break
+    return out
+
+
+class VideoSource:
+    """A video file or frames directory read on demand: only the frames (and audio spans) asked for are decoded.
+
+    Frame indices are those of a full decode (`load_video`), so `gather(indices)` equals
+    `load_video(path, frame_transform=...).frames[indices]`; a file is read by seeking (`read_frames_at`), a
+    directory by reading only the needed files. `decoded` counts the frames handed out so far.
+    """
+
+    def __init__(self, path: str | Path, *, frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 with_audio: bool = False, fps: float = 30.0):
+        self.path = Path(path)
+        self.frame_transform = frame_transform
+        self.decoded = 0
+        if self.path.is_dir():
+            self.files = list_frame_files(self.path)
+            self.info = VideoInfo(str(self.path), len(self.files), float(fps), 0.0, False, True)
+        else:
+            self.files = None
+            self.info = probe_video(self.path, with_audio=with_audio)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in the whole video."""
+        return self.info.num_frames
+
+    @property
+    def fps(self) -> float:
+        """Frame rate."""
+        return self.info.fps
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds, num_frames / fps."""
+        return self.info.duration
+
+    def frames_at(self, indices) -> dict[int, np.ndarray]:
+        """{index: frame} for the distinct `indices`, transformed as decoded."""
+        wanted = np.unique(np.asarray(indices, np.int64).reshape(-1))
+        if self.files is None:
+            got = read_frames_at(self.path, wanted, info=self.info, frame_transform=self.frame_transform)
+        else:
+            transform = self.frame_transform or (lambda image: image)
+            got = {int(i): transform(read_image(self.files[i])) for i in wanted}
+        self.decoded += len(got)
+        return got
+
+    def gather(self, indices) -> np.ndarray:
+        """Frames at `indices` (any shape): uint8 [*indices.shape, H, W, 3]."""
+        indices = np.asarray(indices, np.int64)
+        got = self.frames_at(indices)
+        shapes = {f.shape for f in got.values()}
+        if len(shapes) > 1:
+            raise DataError(f"frames in '{self.path}' have different sizes: {sorted(shapes)}")
+        frames = np.stack([got[int(i)] for i in indices.reshape(-1)])
+        return frames.reshape(*indices.shape, *frames.shape[1:])
+
+    def audio(self, start: int, length: int, sample_rate: int) -> np.ndarray:
+        """`length` mono samples at `sample_rate` from sample `start` (0 = the first frame): `read_audio_span`."""
+        if self.files is not None:
+            return np.zeros(length, np.float32)
+        return read_audio_span(self.path, start, length, sample_rate, info=self.info)
+
+    def audio_stand_in(self) -> Video:
+        """A frameless `Video` with this source's length and audio extent, for the rule of `check_audio_covers`."""
+        has_audio = self.info.audio_rate is not None
+        return Video(np.empty((self.num_frames, 0, 0, 3), np.uint8), self.fps,
+                     audio=np.zeros(0, np.float32) if has_audio else None,
+                     sample_rate=self.info.audio_rate, path=str(self.path), audio_span=self.info.audio_span)

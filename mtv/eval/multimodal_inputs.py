@@ -3,7 +3,10 @@
 `mtv predict` (and anything else that starts from a video file rather than from records) calls this, so a
 clip gets the inputs that evaluating its record (`mtv data prepare --flow --audio`, then `mtv evaluate`) gives:
 
-- clips: `mtv.data.sampling.eval_clip_indices`, one set of spans for every stream;
+- clips: `mtv.data.sampling.eval_clip_indices`, one set of spans for every stream (or the clips given, e.g. one
+  timeline window's);
+- a `mtv.data.video.VideoSource` (what `mtv predict` passes) is read by seeking: only the clips' frames, the
+  frames their flow pairs need, and each clip's audio span are decoded, giving the same inputs as a full decode;
 - flow: Farnebäck from frame i to i + 1 at each clip index (the last frame of the video, which has no
   successor, takes the pair before it), quantised like stored TV-L1 JPEGs (`mtv.data.flow.compute_flow`,
   bound from the model's `dataset_configs.flow.bound`, default 20 px); spread evenly over the clip's span when
@@ -92,30 +95,54 @@ def flow_pair_starts(clips: np.ndarray, *, stride: int, flow_frames: int, num_rg
     return np.minimum(clips, num_rgb - 2)
 
 
-def flow_views(frames: np.ndarray, clips: np.ndarray, config, *, flow_frames: int, bound: float) -> np.ndarray:
-    """Flow views of uint8 frames [N, H, W, 3] for clip indices [clips, T]: float32 [views, flow_frames, s, s, 2]."""
+def flow_views(frames, clips: np.ndarray, config, *, flow_frames: int, bound: float,
+               num_rgb: int | None = None) -> np.ndarray:
+    """Flow views for clip indices [clips, T]: float32 [views, flow_frames, s, s, 2].
+
+    `frames` are uint8 [N, H, W, 3], or {index: frame} holding at least `flow_frame_indices`' frames of a
+    video of `num_rgb` frames (what a seek-based read decodes).
+    """
     from mtv.data.flow import compute_flow
     from mtv.data.transforms import eval_transform
 
-    starts = flow_pair_starts(clips, stride=config.stride, flow_frames=flow_frames, num_rgb=len(frames))
+    num_rgb = len(frames) if num_rgb is None else num_rgb
+    starts = flow_pair_starts(clips, stride=config.stride, flow_frames=flow_frames, num_rgb=num_rgb)
     unique, inverse = np.unique(starts.reshape(-1), return_inverse=True)
     # Farnebäck of each pair on its own equals computing the whole video's flow and picking these frames.
-    flow = np.concatenate([compute_flow(frames[i:i + 2], bound=bound) for i in unique])
+    flow = np.concatenate([compute_flow(np.stack([frames[i], frames[i + 1]]), bound=bound) for i in unique])
     flow = flow[inverse.reshape(-1)].reshape(len(clips), flow_frames, *flow.shape[1:])
     return np.asarray(eval_transform(flow, config, is_flow=True))
 
 
+def flow_frame_indices(clips: np.ndarray, *, stride: int, flow_frames: int, num_rgb: int) -> np.ndarray:
+    """The RGB frames the flow of these clips is computed from: each pair's two frames, sorted and distinct."""
+    starts = flow_pair_starts(clips, stride=stride, flow_frames=flow_frames, num_rgb=num_rgb)
+    return np.unique(np.concatenate([starts.reshape(-1), starts.reshape(-1) + 1]))
+
+
 def audio_views(video, clips: np.ndarray, config, audio_config, audio_frames: int) -> tuple[np.ndarray, int]:
-    """Log-mel views [views, audio_frames, mel_bins, 1] of a video's track, and how many clip windows were padded."""
+    """Log-mel views [views, audio_frames, mel_bins, 1] of a video's track, and how many clip windows were padded.
+
+    `video` is a decoded `Video` (its whole track, resampled once) or a `VideoSource` (only each clip's span is
+    decoded and resampled, `mtv.data.video.read_audio_span`: the same samples).
+    """
     from mtv.data.audio import clip_waveform, log_mel_spectrogram, num_samples_for, resample
+    from mtv.data.video import VideoSource
 
     rate = audio_config.sample_rate
-    waveform = resample(video.audio, video.sample_rate, rate)  # a no-op when decoded at `rate`; once, not per clip
     length = num_samples_for(audio_frames, audio_config)
+    total = int(round(video.duration * rate))  # the track spans exactly the frames
     segments, padded = [], 0
-    for clip in np.asarray(clips):
-        segments.append(clip_waveform(waveform, rate, video.fps, clip, audio_config, audio_frames))
-        padded += int(round(clip[0] / video.fps * rate)) + length > waveform.shape[0]
+    if isinstance(video, VideoSource):
+        for clip in np.asarray(clips):
+            start = int(round(clip[0] / video.fps * rate))
+            segments.append(video.audio(start, length, rate))
+            padded += start + length > total
+    else:
+        waveform = resample(video.audio, video.sample_rate, rate)  # a no-op when decoded at `rate`; once
+        for clip in np.asarray(clips):
+            segments.append(clip_waveform(waveform, rate, video.fps, clip, audio_config, audio_frames))
+            padded += int(round(clip[0] / video.fps * rate)) + length > waveform.shape[0]
     spectrogram = log_mel_spectrogram(np.stack(segments), audio_config).numpy()[..., None]
     return np.repeat(spectrogram, config.num_spatial_crops, axis=0), padded
 
@@ -127,22 +154,37 @@ def check_missing_mode(missing_modality: str) -> str:
     return missing_modality
 
 
-def multimodal_views(video, model, config, *, missing_modality: str = "error") -> tuple[dict, list[str]]:
-    """Every input of a multimodal model for the evaluation clips of a decoded `Video`: (inputs by name, notes).
+def multimodal_views(video, model, config, *, missing_modality: str = "error",
+                     clips: np.ndarray | None = None) -> tuple[dict, list[str]]:
+    """Every input of a multimodal model for the evaluation clips of a video: (inputs by name, notes).
 
-    `video.frames` are at the evaluation resolution (the preprocessor's resize); each input is [views, ...]
-    with views = clips x crops, clip-major, the layout of the record reader's evaluation inputs.
+    `video` is a decoded `Video` whose frames are at the evaluation resolution (the preprocessor's resize), or
+    a `VideoSource` resizing the same way, from which only the frames and audio spans of these clips are read.
+    `clips` (int [clips, T]) defaults to the evaluation clips (`eval_clip_indices`). Each input is
+    [views, ...] with views = clips x crops, clip-major, the layout of the record reader's evaluation inputs.
     """
     from mtv.data.audio import check_audio_covers
     from mtv.data.sampling import eval_clip_indices
     from mtv.data.transforms import eval_transform
+    from mtv.data.video import VideoSource
     from mtv.models.missing import missing_input
 
     check_missing_mode(missing_modality)
     shapes = model.input_shapes
-    clips = eval_clip_indices(video.num_frames, config.num_frames, config.stride, config.num_test_clips,
-                              source=video.path)
-    num_views = config.num_views
+    if clips is None:
+        clips = eval_clip_indices(video.num_frames, config.num_frames, config.stride, config.num_test_clips,
+                                  source=str(video.path))
+    clips = np.asarray(clips, np.int64)
+    num_views = len(clips) * config.num_spatial_crops
+    if isinstance(video, VideoSource):  # one read of every frame any stream needs
+        needed = [clips.reshape(-1)]
+        if "flow" in shapes and video.num_frames >= 2:
+            needed.append(flow_frame_indices(clips, stride=config.stride, flow_frames=int(shapes["flow"][0]),
+                                             num_rgb=video.num_frames))
+        frames = video.frames_at(np.concatenate(needed))
+        _check_sizes(frames, video.path)
+    else:
+        frames = video.frames
     inputs: dict[str, np.ndarray] = {}
     notes: list[str] = []
 
@@ -156,16 +198,17 @@ def multimodal_views(video, model, config, *, missing_modality: str = "error") -
         notes.append(f"{name}: {reason}; fed the missing-modality input (zeros, mtv.models.missing)")
 
     if "rgb" in shapes:
-        inputs["rgb"] = np.asarray(eval_transform(video.frames[clips], config))
+        rgb = frames[clips] if isinstance(frames, np.ndarray) else _stack(frames, clips)
+        inputs["rgb"] = np.asarray(eval_transform(rgb, config))
     if "flow" in shapes:
         if video.num_frames < 2:
             missing("flow", f"'{video.path}' has a single frame (flow needs two)")
         else:
-            inputs["flow"] = flow_views(video.frames, clips, config, flow_frames=int(shapes["flow"][0]),
-                                        bound=flow_bound(model))
+            inputs["flow"] = flow_views(frames, clips, config, flow_frames=int(shapes["flow"][0]),
+                                        bound=flow_bound(model), num_rgb=video.num_frames)
     if "audio" in shapes:
         try:
-            check_audio_covers(video)
+            check_audio_covers(video.audio_stand_in() if isinstance(video, VideoSource) else video)
         except DataError as e:
             missing("audio", str(e))
         else:
@@ -175,3 +218,16 @@ def multimodal_views(video, model, config, *, missing_modality: str = "error") -
                 notes.append(f"audio: {padded} of {len(clips)} clip windows ({audio_frames} log-mel frames from the "
                              "clip's first frame) run past the end of the video and are zero-padded")
     return {name: inputs[name] for name in shapes}, notes
+
+
+def _check_sizes(frames: Mapping[int, np.ndarray], path) -> None:
+    """Refuses frames of different sizes (a frames directory of mixed images) with a DataError naming `path`."""
+    shapes = {f.shape for f in frames.values()}
+    if len(shapes) > 1:
+        raise DataError(f"frames in '{path}' have different sizes: {sorted(shapes)}")
+
+
+def _stack(frames: Mapping[int, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    """{index: frame} at `indices` (any shape): [*indices.shape, H, W, C]."""
+    out = np.stack([frames[int(i)] for i in indices.reshape(-1)])
+    return out.reshape(*indices.shape, *out.shape[1:])
