@@ -348,6 +348,20 @@ def _official_test_json(verb, noun, ids, sls) -> bytes:
     return json.dumps(submission).encode("utf-8")
 
 
+def test_submission_lists_segments_in_the_test_csv_order(tmp_path, test_ids):
+    ids = np.array(test_ids[:12])
+    rng = np.random.default_rng(3)
+    shuffled = rng.permutation(12)  # results in record order, which `mtv data prepare` shuffles
+    verb = rng.normal(size=(12, 97)).astype(np.float32)
+    noun = rng.normal(size=(12, 300)).astype(np.float32)
+    r = validate(ids[shuffled], {"verb": verb[shuffled], "noun": noun[shuffled]})
+    out = epic.make_submission(r, tmp_path / "sub.zip", sls_pt=2, sls_tl=3, sls_td=4, expected_ids=ids.tolist())
+    with zipfile.ZipFile(out) as zf:
+        written = zf.read("test.json")
+    assert list(json.loads(written)["results"]) == ids.tolist()
+    assert written == _official_test_json(verb, noun, ids, (2, 3, 4))  # each segment keeps its own scores
+
+
 def test_default_submission_is_byte_identical_to_the_official_writer(tmp_path, test_ids):
     ids = np.array(test_ids[:30])  # numpy str ids, as the official results files hold them
     rng = np.random.default_rng(11)

@@ -401,7 +401,8 @@ def make_submission(
 
     By default `test.json` is byte-identical to the official `create_submission.py` output for the same
     scores and ids (see the module doc); `include_actions` adds the top-100 "verb,noun" action scores.
-    The results must cover `expected_ids` exactly, or, without them, hold TEST_SEGMENTS segments
+    The results must cover `expected_ids` exactly (segments are then written in their order), or, without
+    them, hold TEST_SEGMENTS segments
     (`allow_partial` lifts that for a dry run: the server would reject such a file).
     """
     if not isinstance(results, Results):
@@ -422,6 +423,11 @@ def make_submission(
             raise ResultsError(f"{results.describe()}: '{head}_output' must have {n} classes")
     _check_test_ids(results, expected_ids, allow_partial)
     verb_raw, noun_raw = raw_scores(results, "verb"), raw_scores(results, "noun")
+    ids = [str(i) for i in results.ids.tolist()]
+    # Segments in the test CSV's order when it is given; the results' own order (record order, which
+    # `mtv data prepare` shuffles) otherwise.
+    position = {nid: n for n, nid in enumerate(ids)}
+    order = [position[str(i)] for i in expected_ids] if expected_ids is not None else range(len(ids))
     if include_actions:
         verbs, nouns, probs = action_scores(verb_raw, noun_raw, top_n=TOP_N)
     header = {
@@ -437,15 +443,15 @@ def make_submission(
             # json.dumps(submission_dict) gives for the official dict (key order as utils/challenge.py).
             with zf.open("test.json", "w") as f:
                 f.write(json.dumps(header)[:-1].encode() + b', "results": {')
-                for n, nid in enumerate(results.ids):
+                for k, n in enumerate(order):
                     entry = f'"verb": {_scores_object(verb_raw[n])}, "noun": {_scores_object(noun_raw[n])}'
                     if include_actions:
                         actions = {
                             f"{v},{c}": float(p) for v, c, p in zip(verbs[n], nouns[n], probs[n], strict=True)
                         }
                         entry += f', "action": {json.dumps(actions)}'
-                    sep = ", " if n else ""
-                    f.write(f"{sep}{json.dumps(str(nid))}: {{{entry}}}".encode())
+                    sep = ", " if k else ""
+                    f.write(f"{sep}{json.dumps(ids[n])}: {{{entry}}}".encode())
                 f.write(b"}}")
     return out_zip
 
