@@ -244,3 +244,51 @@ def test_the_fusion_benchmark_runs_end_to_end_on_a_tiny_budget(videos_dir, tmp_p
     for name in ("rgb", "audio", "rgb+audio"):
         assert report[name]["picked_lr"] == 0.1 and report[name]["test"]["count"] == 9
         assert 0.0 <= report[name]["test"]["top1"] <= 1.0
+
+
+def test_the_localization_benchmark_runs_end_to_end_on_a_tiny_budget(videos_dir, tmp_path, capsys):
+    """benchmarks/localization.py (the README's localization numbers), in-process: both models, one JSON line."""
+    from benchmarks import localization
+
+    report = localization.main([f"--videos={videos_dir}", f"--workdir={tmp_path}", "--steps=2", "--batch=2",
+                                "--windows=4", "--train_videos=2", "--eval_videos=1", "--seconds=8"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
+    assert set(report) == {"localizer", "sliding_window_baseline", "setup"}
+    for name in ("localizer", "sliding_window_baseline"):
+        scores = [report[name][k] for k in ("mAP@0.3", "mAP@0.5", "mAP@0.7")]
+        assert all(0.0 <= s <= 1.0 for s in scores) and report[name]["mAP"] == pytest.approx(np.mean(scores),
+                                                                                               abs=1e-4)
+    assert report["setup"]["steps"] == 2 and report["setup"]["windows_per_step"] == 8
+    assert (tmp_path / "localizer" / "checkpoints" / "ckpt_00000002.npz").is_file()
+
+
+def test_the_streaming_benchmark_runs_on_a_tiny_budget(videos_dir):
+    """benchmarks/streaming.py (the README's streaming numbers): head training, per-clip held-out top-1, memory."""
+    cmd = [sys.executable, str(common.REPO / "benchmarks" / "streaming.py"), f"--videos={videos_dir}",
+           "--train-streams=13", "--eval-streams=13", "--clips=2", "--epochs=1", "--minutes", "0.05"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    held = report["heldout"]
+    assert held["streams"] == 13 and report["train"]["streams"] == 13 and report["train"]["epochs"] == 1
+    for key in ("streaming_top1", "clip_top1", "running_mean_top1"):
+        assert len(held[key]) == 2 and all(0.0 <= v <= 1.0 for v in held[key]), (key, held[key])
+    assert held["running_mean_top1"][0] == held["clip_top1"][0]  # after one clip the mean is that clip
+    (run,) = report["memory"]["runs"]
+    # 0.05 min of 2-s clips: 2 clips (rounded) of 9 tokens each into a 16-token memory.
+    assert run["clips"] == 2 and run["memory_tokens"] == 16 and run["tokens_absorbed"] == 18.0
+
+
+def test_the_long_video_benchmark_decodes_the_views_not_the_video(tmp_path, capsys):
+    """benchmarks/long_video.py (the README's long-video numbers) on a 4-s 160x96 video: one child, one JSON line."""
+    from benchmarks import long_video
+
+    report = long_video.main(["--seconds", "4", "--width", "160", "--height", "96", "--gop", "1",
+                              f"--cache-dir={tmp_path}"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
+    (row,) = report["videos"]
+    assert (tmp_path / "pan_4s_160x96_30fps_g1.mp4").is_file() and not list(tmp_path.glob(".*tmp"))
+    seek = row["seek"]
+    # 4x3 views of the embedded model (16 frames, stride 1): 4 clips of 16 frames decoded out of 120.
+    assert seek["num_frames"] == 120 and seek["num_frames_decoded"] == 4 * 16
+    assert seek["peak_rss_mb"] >= seek["rss_after_model_mb"] > 0 and seek["seconds"] > 0
