@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,21 +33,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the mtv of this checkout
 
+from benchmarks import common  # noqa: E402
+
 DEFAULT_MODEL = REPO / "mtv" / "embedded" / "camera-motion"
-
-
-def _rss_mb() -> float:
-    """The current resident set size (Linux /proc; 0 elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def _texture(height: int, width: int):
@@ -99,7 +86,7 @@ def child(args) -> dict:
     from mtv.io.loading import load
 
     model = load(args.model)
-    rss_model = _rss_mb()
+    rss_model = common.rss_mb()
     out = {"video": args.video, "rss_after_model_mb": round(rss_model, 1)}
     if args.full:
         from mtv.data.preprocessor import VideoPreprocessor
@@ -124,7 +111,7 @@ def child(args) -> dict:
         result = predict(args.video, model=model, views=args.views, top=1)
         out.update(seconds=round(time.perf_counter() - start, 2), num_frames=result["num_frames"],
                    num_frames_decoded=result["num_frames_decoded"], top1=result["heads"]["logits"][0]["label"])
-    peak = _peak_rss_mb()
+    peak = common.peak_rss_mb()
     out.update(peak_rss_mb=round(peak, 1), peak_beyond_model_mb=round(peak - rss_model, 1))
     return out
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,22 +28,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the mtv of this checkout
+
+from benchmarks import common  # noqa: E402
+
 TINY = REPO / "configs" / "camera_motion" / "camera_motion_tiny.py"
 FPS = 8
-
-
-def _rss_mb() -> float:
-    """The current resident set size (Linux /proc; 0 elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def _backbone(model: str, seed: int):
@@ -82,12 +71,12 @@ def stream(minutes: float, memory_size: int = 16, seed: int = 0, model: str | No
         memory, weights, logits = step(memory, weights, x)
         if i == 9:
             logits.numpy()
-            rss_warm = _rss_mb()
+            rss_warm = common.rss_mb()
     logits.numpy()
     return {"minutes": minutes, "clips": clips, "clip_seconds": frames / FPS, "memory_tokens": memory_size,
             "token_width": model.token_width,
             "tokens_absorbed": float(np.sum(weights)), "rss_after_10_clips_mb": round(rss_warm or 0.0, 1),
-            "rss_end_mb": round(_rss_mb(), 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "rss_end_mb": round(common.rss_mb(), 1), "peak_rss_mb": round(common.peak_rss_mb(), 1),
             "seconds": round(time.perf_counter() - start, 1)}
 
 

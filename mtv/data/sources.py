@@ -63,6 +63,13 @@ class PipelineShare:
         """One past the last row of the global batch this pipeline feeds."""
         return self.start + self.local * self.per_replica
 
+    def position(self, n: tf.Tensor, start: int) -> tf.Tensor:
+        """Global example position of this pipeline's `n`-th example (per-replica batches, local replicas in turn),
+        for a stream whose first global batch starts at position `start`."""
+        m, i = n // self.per_replica, n % self.per_replica
+        step, replica = m // self.local, self.first + m % self.local
+        return start + step * self.global_batch + replica * self.per_replica + i
+
     def split(self, ds: tf.data.Dataset, *, global_batches: bool = False) -> tf.data.Dataset:
         """Per-replica batches, `local` per step, from batches of this pipeline's rows (or of whole global
         batches, `global_batches=True`, which keeps only this pipeline's rows)."""

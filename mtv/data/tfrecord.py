@@ -55,6 +55,7 @@ from mtv.data import flow as flow_lib
 from mtv.data import sampling, transforms
 from mtv.data.config import DataConfig, data_config
 from mtv.data.record_index import GraphIndex, RecordIndex, build_index
+from mtv.data.sources import PipelineShare
 from mtv.errors import ConfigError, DataError
 from mtv.utils.fileio import writing
 
@@ -663,33 +664,6 @@ def _decode_jpeg_tf(data: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Share:
-    """The rows of each global batch one input pipeline feeds (`Source.make`'s input_context contract)."""
-
-    global_batch: int
-    per_replica: int
-    local: int  # replicas this pipeline feeds
-    first: int  # global index of its first replica
-
-    @classmethod
-    def of(cls, batch_size: int, input_context: tf.distribute.InputContext | None) -> _Share:
-        if input_context is None:
-            return cls(batch_size, batch_size, 1, 0)
-        replicas, pipelines = input_context.num_replicas_in_sync, input_context.num_input_pipelines
-        if batch_size % replicas or replicas % pipelines:
-            raise ConfigError(f"batch_size {batch_size} must split evenly over {replicas} replicas, and they over "
-                              f"{pipelines} input pipelines")
-        local = replicas // pipelines
-        return cls(batch_size, batch_size // replicas, local, input_context.input_pipeline_id * local)
-
-    def position(self, n: tf.Tensor, start: int) -> tf.Tensor:
-        """Global example position of this pipeline's `n`-th example (per-replica batches, local replicas in turn)."""
-        m, i = n // self.per_replica, n % self.per_replica
-        step, replica = m // self.local, self.first + m % self.local
-        return start + step * self.global_batch + replica * self.per_replica + i
-
-
 MAX_ATTEMPTS = 32  # records tried in a row for one training position before the pipeline gives up
 
 
@@ -776,7 +750,7 @@ def make_dataset(
                           f"in file order (got start_position={start_position}, input_context={input_context})")
     classes = _num_classes_by_name(tuple(label_names), num_classes)
     spec = _Spec(config, is_train, classes, modalities, *_modality_settings(dataset_configs, config))
-    share = _Share.of(batch_size, input_context)
+    share = PipelineShare.of(batch_size, input_context)
     counter = skip_counter if skip_counter is not None else SkipCounter()
     if index is None:
         index = build_index(resolve_files(file_pattern))
