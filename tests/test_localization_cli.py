@@ -218,3 +218,16 @@ def test_init_from_starts_the_localizer_backbone_and_the_baseline_from_the_pretr
     with pytest.raises(ConfigError, match="checkpoint_path is empty"):
         config.init_from.checkpoint_path = ""
         train_window_classifier(config, [video], CLASSES, steps=0, batch=1)
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "config"])
+def test_a_localizer_refuses_a_multi_replica_strategy_before_any_work(tmp_path, strategy):
+    from mtv.io.configs import load_config
+    from mtv.training.trainer import train
+
+    config = load_config(str(CONFIG))
+    if strategy == "config":
+        config.strategy = "multi_worker"
+    with pytest.raises(ConfigError, match="trains on one device; strategy (mirrored|multi_worker) is not supported"):
+        train(config, tmp_path / "run", strategy="mirrored" if strategy == "mirrored" else None)
+    assert not (tmp_path / "run").exists()

@@ -242,6 +242,12 @@ def train(config: Any, workdir: str | os.PathLike, *, strategy: tf.distribute.St
         if export_preset or train_data is not None or eval_data is not None:
             raise ConfigError("a localizer (model.localization) trains on its config's untrimmed dataset and is "
                               "loaded from its workdir: export_preset, train_data and eval_data are not supported")
+        wanted = strategy if strategy is not None else config.get("strategy", "default")
+        if isinstance(wanted, str) and wanted not in ("", "default") or (
+                not isinstance(wanted, str) and wanted.num_replicas_in_sync > 1):
+            name = wanted if isinstance(wanted, str) else f"with {wanted.num_replicas_in_sync} replicas"
+            raise ConfigError(f"a localizer (model.localization) trains on one device; strategy {name} is not "
+                              "supported for it (docs/long_videos.md, 'Known gaps')")
         return train_localizer(config, workdir, videos=videos, verbose=verbose,
                                allow_config_change=allow_config_change)
     check_config_fields(config)
