@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mtv.errors import DataError
+from mtv.long.datasets import random_span
 
 
 def centre_label(segments: Sequence, time: float) -> str:
@@ -35,11 +36,7 @@ def sample_windows(videos: Sequence, class_names: Sequence[str], window_frames: 
     """(uint8 windows [B, T, H, W, 3] cut at random frames, class indices [B] of their centre's segment)."""
     clips, labels = [], []
     for _ in range(batch):
-        video = videos[int(rng.integers(len(videos)))]
-        if len(video.frames) < window_frames:
-            raise DataError(f"video '{video.name}' has {len(video.frames)} frames, fewer than one window "
-                            f"({window_frames})")
-        first = int(rng.integers(len(video.frames) - window_frames + 1))
+        video, first = random_span(videos, window_frames, rng, f"one window needs {window_frames}")
         clips.append(video.frames[first:first + window_frames])
         labels.append(list(class_names).index(centre_label(video.segments, (first + window_frames / 2) / video.fps)))
     return np.stack(clips), np.asarray(labels, np.int64)

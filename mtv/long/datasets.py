@@ -80,6 +80,15 @@ def clip_segments(segments: Sequence[Segment], start: float, end: float) -> list
     return out
 
 
+def random_span(videos: Sequence[UntrimmedVideo], length: int, rng: np.random.Generator,
+                too_short: str) -> tuple[UntrimmedVideo, int]:
+    """A random video and a random first frame of `length` frames in it; `too_short` ends the error's sentence."""
+    video = videos[int(rng.integers(len(videos)))]
+    if len(video.frames) < length:
+        raise DataError(f"video '{video.name}' has {len(video.frames)} frames; {too_short}")
+    return video, int(rng.integers(len(video.frames) - length + 1))
+
+
 def sample_sequences(videos: Sequence[UntrimmedVideo], geometry: SequenceGeometry, class_names: Sequence[str],
                      batch: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A batch of (windows float32 [B, W, T, H, W, 3] in [-1, 1], stacked `build_targets` targets)."""
@@ -89,11 +98,8 @@ def sample_sequences(videos: Sequence[UntrimmedVideo], geometry: SequenceGeometr
     length = geometry.sequence_frames
     xs, ys = [], []
     for _ in range(batch):
-        video = videos[int(rng.integers(len(videos)))]
-        if len(video.frames) < length:
-            raise DataError(f"training video '{video.name}' has {len(video.frames)} frames; a training sequence "
-                            f"needs {length} ({geometry.windows_per_sequence} windows of {geometry.window_frames})")
-        first = int(rng.integers(len(video.frames) - length + 1))
+        video, first = random_span(videos, length, rng, f"a training sequence needs {length} "
+                                   f"({geometry.windows_per_sequence} windows of {geometry.window_frames})")
         frames = video.frames[first:first + length]
         xs.append(frames.reshape(geometry.windows_per_sequence, geometry.window_frames, *frames.shape[1:]))
         seconds = length / video.fps
